@@ -1,0 +1,5 @@
+"""backupmand: a database backup daemon."""
+
+from __future__ import annotations
+
+__version__ = "1.0.0"

@@ -1,0 +1,3 @@
+from backupmand.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""The catalog: every backup and drive file, in SQLite through aiosqlite.
+
+Every SQL statement of the project lives here. The database runs in WAL mode with a
+busy timeout, so a daemon and CLI processes can share it; multi-statement writes
+take the write lock up front (BEGIN IMMEDIATE). The schema is versioned with
+``PRAGMA user_version`` and migrated forward at open. A catalog that fails its
+integrity check is reported, never recreated over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .errors import CatalogError, NotFoundError
+from .models import Backup, DriveFile, Status, from_db_time, to_db_time, utcnow
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE backups (
+        id              TEXT PRIMARY KEY,
+        label           TEXT NOT NULL,
+        source_provider TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('pending', 'finished', 'failed')),
+        dump_status     TEXT NOT NULL CHECK (dump_status IN ('pending', 'finished', 'failed')),
+        name            TEXT NOT NULL,
+        dump_path       TEXT,
+        compression     TEXT NOT NULL,
+        size            INTEGER,
+        sha256          TEXT,
+        error           TEXT,
+        pid             INTEGER,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT,
+        finished_at     TEXT
+    );
+    CREATE INDEX backups_by_time ON backups (created_at DESC, id DESC);
+    CREATE INDEX backups_by_label ON backups (label, created_at DESC);
+    CREATE INDEX backups_by_status ON backups (status, created_at DESC);
+    CREATE TABLE drive_files (
+        id          TEXT PRIMARY KEY,
+        backup_id   TEXT NOT NULL REFERENCES backups (id) ON DELETE CASCADE,
+        drive       TEXT NOT NULL,
+        provider    TEXT NOT NULL,
+        label       TEXT NOT NULL,
+        path        TEXT,
+        status      TEXT NOT NULL CHECK (status IN ('pending', 'finished', 'failed')),
+        size        INTEGER,
+        error       TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT,
+        finished_at TEXT,
+        UNIQUE (backup_id, drive)
+    );
+    CREATE INDEX drive_files_by_backup ON drive_files (backup_id);
+    """,
+]
+
+BACKUP_COLUMNS = (
+    "id, label, source_provider, status, dump_status, name, dump_path, compression, size, "
+    "sha256, error, created_at, updated_at, finished_at"
+)
+DRIVE_FILE_COLUMNS = (
+    "id, backup_id, drive, provider, label, path, status, size, error, attempts, created_at, "
+    "updated_at, finished_at"
+)
+_BACKUP_FIELDS = {"status", "dump_status", "dump_path", "size", "sha256", "error", "pid",
+                  "finished_at", "name"}
+_DRIVE_FILE_FIELDS = {"status", "path", "size", "error", "attempts", "finished_at"}
+
+
+def _drive_file(row: Sequence[Any]) -> DriveFile:
+    return DriveFile(
+        id=row[0], backup_id=row[1], drive=row[2], provider=row[3], label=row[4], path=row[5],
+        status=Status(row[6]), size=row[7], error=row[8], attempts=row[9],
+        created_at=from_db_time(row[10]),  # type: ignore[arg-type]
+        updated_at=from_db_time(row[11]), finished_at=from_db_time(row[12]),
+    )
+
+
+def _backup(row: Sequence[Any], drive_files: Iterable[DriveFile] = ()) -> Backup:
+    return Backup(
+        id=row[0], label=row[1], source_provider=row[2], status=Status(row[3]),
+        dump_status=Status(row[4]), name=row[5], dump_path=row[6], compression=row[7],
+        size=row[8], sha256=row[9], error=row[10],
+        created_at=from_db_time(row[11]),  # type: ignore[arg-type]
+        updated_at=from_db_time(row[12]), finished_at=from_db_time(row[13]),
+        drive_files=tuple(drive_files),
+    )
+
+
+class Catalog:
+    """An open catalog. Use ``async with Catalog.open(...)``."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path | None) -> None:
+        self._db = connection
+        self.path = path
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, provider: str, db_path: Path | None = None) -> AsyncIterator[Catalog]:
+        if provider == "memory":
+            target, path = ":memory:", None
+        else:
+            assert db_path is not None
+            path = db_path.expanduser().resolve()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise CatalogError(f"cannot create {path.parent}: {error.strerror}") from None
+            target = str(path)
+        try:
+            connection = await aiosqlite.connect(target, timeout=30, isolation_level=None)
+        except sqlite3.Error as error:
+            raise CatalogError(f"cannot open the catalog {target}: {error}") from None
+        catalog = cls(connection, path)
+        try:
+            await catalog._prepare()
+            yield catalog
+        finally:
+            await connection.close()
+
+    async def _prepare(self) -> None:
+        where = self.path or ":memory:"
+        try:
+            await self._db.execute("PRAGMA busy_timeout = 30000")
+            check = await self._db.execute_fetchall("PRAGMA quick_check")
+            answer = [row[0] for row in check]
+            if answer != ["ok"]:
+                raise CatalogError(
+                    f"the catalog {where} is damaged ({'; '.join(map(str, answer[:3]))}); it was "
+                    "left untouched: restore it from a copy, or move it away to start a new one"
+                )
+            if self.path is not None:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                await self._db.execute("PRAGMA synchronous = FULL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise CatalogError(
+                f"the catalog {where} cannot be read ({error}); it was left untouched: restore "
+                "it from a copy, or move it away to start a new one"
+            ) from None
+
+    async def _migrate(self) -> None:
+        rows = await self._db.execute_fetchall("PRAGMA user_version")
+        version = next(iter(rows))[0]
+        if version > len(MIGRATIONS):
+            raise CatalogError(
+                f"the catalog has schema version {version}, newer than this backupmand "
+                f"understands ({len(MIGRATIONS)}): upgrade backupmand"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                current = next(iter(await self._db.execute_fetchall("PRAGMA user_version")))[0]
+                if current == number:  # another process may have migrated meanwhile
+                    for statement in MIGRATIONS[number].split(";"):
+                        if statement.strip():
+                            await self._db.execute(statement)
+                    await self._db.execute(f"PRAGMA user_version = {number + 1}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        await self._db.execute("COMMIT")
+
+    async def integrity(self) -> str:
+        rows = await self._db.execute_fetchall("PRAGMA integrity_check")
+        return "; ".join(str(row[0]) for row in rows)
+
+    async def ping(self) -> None:
+        await self._db.execute_fetchall("SELECT 1")
+
+    # ------------------------------------------------------------------ backups
+
+    async def create_backup(
+        self, *, label: str, source_provider: str, name: str, compression: str,
+        pid: int | None = None, backup_id: str | None = None,
+    ) -> Backup:
+        identifier = backup_id or str(uuid.uuid4())
+        now = to_db_time(utcnow())
+        await self._db.execute(
+            "INSERT INTO backups (id, label, source_provider, status, dump_status, name, "
+            "compression, pid, created_at) VALUES (?, ?, ?, 'pending', 'pending', ?, ?, ?, ?)",
+            (identifier, label, source_provider, name, compression, pid, now),
+        )
+        return await self.get_backup(identifier)
+
+    async def update_backup(self, backup_id: str, **fields: Any) -> Backup:
+        unknown = set(fields) - _BACKUP_FIELDS
+        if unknown:
+            raise ValueError(f"unknown backup fields {sorted(unknown)}")
+        values = {key: (value.value if isinstance(value, Status) else value)
+                  for key, value in fields.items()}
+        if "finished_at" in values and values["finished_at"] is not None:
+            values["finished_at"] = to_db_time(values["finished_at"])
+        values["updated_at"] = to_db_time(utcnow())
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        cursor = await self._db.execute(
+            f"UPDATE backups SET {assignments} WHERE id = ?", (*values.values(), backup_id)
+        )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no backup with id {backup_id}")
+        return await self.get_backup(backup_id)
+
+    async def get_backup(self, backup_id: str) -> Backup:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {BACKUP_COLUMNS} FROM backups WHERE id = ?", (backup_id,)
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            raise NotFoundError(f"no backup with id {backup_id}")
+        files = await self._db.execute_fetchall(
+            f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files WHERE backup_id = ? "
+            "ORDER BY created_at, drive", (backup_id,),
+        )
+        return _backup(row, map(_drive_file, files))
+
+    async def list_backups(
+        self, *, status: Status | None = None, label: str | None = None,
+        limit: int | None = None, offset: int = 0, oldest_first: bool = False,
+    ) -> list[Backup]:
+        conditions, params = [], []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status.value)
+        if label is not None:
+            conditions.append("label = ?")
+            params.append(label)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = "ASC" if oldest_first else "DESC"
+        rows = list(await self._db.execute_fetchall(
+            f"SELECT {BACKUP_COLUMNS} FROM backups {where} "
+            f"ORDER BY created_at {order}, rowid {order} LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
+        ))
+        if not rows:
+            return []
+        by_backup: dict[str, list[DriveFile]] = {row[0]: [] for row in rows}
+        if limit is None and not conditions and offset == 0:
+            file_rows = await self._db.execute_fetchall(
+                f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files ORDER BY created_at, drive"
+            )
+        else:
+            ids = list(by_backup)
+            file_rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                file_rows.extend(await self._db.execute_fetchall(
+                    f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files WHERE backup_id IN "
+                    f"({','.join('?' * len(chunk))}) ORDER BY created_at, drive", chunk,
+                ))
+        for file_row in file_rows:
+            bucket = by_backup.get(file_row[1])
+            if bucket is not None:
+                bucket.append(_drive_file(file_row))
+        return [_backup(row, by_backup[row[0]]) for row in rows]
+
+    async def count_backups(self) -> dict[tuple[str, str], int]:
+        rows = await self._db.execute_fetchall(
+            "SELECT label, status, count(*) FROM backups GROUP BY label, status"
+        )
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def pending_backups(self) -> list[Backup]:
+        return await self.list_backups(status=Status.PENDING)
+
+    async def delete_backup(self, backup_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM drive_files WHERE backup_id = ?", (backup_id,))
+            await db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    async def fail_backup(self, backup_id: str, error: str) -> Backup:
+        """Mark a backup and its unfinished drive files failed in one transaction."""
+        now = to_db_time(utcnow())
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE drive_files SET status = 'failed', error = coalesce(error, ?), "
+                "updated_at = ? WHERE backup_id = ? AND status = 'pending'",
+                (error, now, backup_id),
+            )
+            await db.execute(
+                "UPDATE backups SET status = 'failed', error = ?, updated_at = ?, "
+                "dump_status = CASE dump_status WHEN 'pending' THEN 'failed' ELSE dump_status END "
+                "WHERE id = ?",
+                (error, now, backup_id),
+            )
+        return await self.get_backup(backup_id)
+
+    # ------------------------------------------------------------------ drive files
+
+    async def create_drive_file(
+        self, *, backup_id: str, drive: str, provider: str, label: str
+    ) -> DriveFile:
+        identifier = str(uuid.uuid4())
+        await self._db.execute(
+            "INSERT INTO drive_files (id, backup_id, drive, provider, label, status, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (identifier, backup_id, drive, provider, label, to_db_time(utcnow())),
+        )
+        return await self.get_drive_file(identifier)
+
+    async def update_drive_file(self, drive_file_id: str, **fields: Any) -> DriveFile:
+        unknown = set(fields) - _DRIVE_FILE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown drive file fields {sorted(unknown)}")
+        values = {key: (value.value if isinstance(value, Status) else value)
+                  for key, value in fields.items()}
+        if "finished_at" in values and values["finished_at"] is not None:
+            values["finished_at"] = to_db_time(values["finished_at"])
+        values["updated_at"] = to_db_time(utcnow())
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        cursor = await self._db.execute(
+            f"UPDATE drive_files SET {assignments} WHERE id = ?", (*values.values(), drive_file_id)
+        )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no drive file with id {drive_file_id}")
+        return await self.get_drive_file(drive_file_id)
+
+    async def get_drive_file(self, drive_file_id: str) -> DriveFile:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files WHERE id = ?", (drive_file_id,)
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            raise NotFoundError(f"no drive file with id {drive_file_id}")
+        return _drive_file(row)
+
+    async def delete_drive_file(self, drive_file_id: str) -> None:
+        await self._db.execute("DELETE FROM drive_files WHERE id = ?", (drive_file_id,))

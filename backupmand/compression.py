@@ -1,0 +1,114 @@
+"""Streaming compression and decompression: zstd (default), gzip, none.
+
+Compressors are incremental objects whose ``compress`` and ``flush`` release the GIL
+(zstandard and zlib both do), so the pipeline runs them in a worker thread while
+the event loop keeps reading the dump tool's pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Protocol
+
+EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
+DEFAULT_LEVELS = {"zstd": 3, "gzip": 6, "none": 0}
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class Decompressor(Protocol):
+    def decompress(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def decompress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _Zstd:
+    def __init__(self, level: int, threads: int) -> None:
+        import zstandard
+
+        self._object = zstandard.ZstdCompressor(
+            level=level, threads=threads, write_checksum=True
+        ).compressobj()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._object.compress(data)  # type: ignore[no-any-return]
+
+    def flush(self) -> bytes:
+        return self._object.flush()  # type: ignore[no-any-return]
+
+
+class _ZstdReader:
+    def __init__(self) -> None:
+        import zstandard
+
+        # read_across_frames: a file of several frames (a resumed write) decodes whole.
+        self._object = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._object.decompress(data)  # type: ignore[no-any-return]
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _GzipReader:
+    """Decodes a gzip file of one or more members (pigz-style parallel output included)."""
+
+    def __init__(self) -> None:
+        self._object = zlib.decompressobj(wbits=31)
+
+    def decompress(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            out += self._object.decompress(data)
+            if not self._object.eof:
+                break
+            data = self._object.unused_data
+            self._object = zlib.decompressobj(wbits=31)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return self._object.flush()
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def compressor(name: str, level: int | None = None, threads: int = 0) -> Compressor:
+    """A streaming compressor; ``threads`` 0 means one per available core (zstd only)."""
+    chosen = DEFAULT_LEVELS[name] if level is None else level
+    if name == "zstd":
+        workers = default_threads() if threads == 0 else threads
+        return _Zstd(chosen, workers if workers > 1 else 0)
+    if name == "gzip":
+        return zlib.compressobj(chosen, zlib.DEFLATED, 31)
+    if name == "none":
+        return _Identity()
+    raise ValueError(f"unknown compression {name!r}")
+
+
+def decompressor(name: str) -> Decompressor:
+    if name == "zstd":
+        return _ZstdReader()
+    if name == "gzip":
+        return _GzipReader()
+    if name == "none":
+        return _Identity()
+    raise ValueError(f"unknown compression {name!r}")

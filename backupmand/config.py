@@ -1,0 +1,538 @@
+"""YAML to validated, frozen settings.
+
+Loading happens in three steps, each reporting every problem it finds at once:
+
+1. ``${VAR}`` / ``${VAR:-default}`` expansion in every string value;
+2. ``<key>_file`` secrets: the file's stripped content becomes ``<key>`` (relative
+   paths are looked up in ``$CREDENTIALS_DIRECTORY``, systemd's credentials);
+3. validation against the pydantic models below (unknown keys are errors).
+
+Problems are reported with their key path (``data_sources[1].port: ...``) and never
+with the offending value, so a secret cannot leak through an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/backupmand/config.yml")
+DEFAULT_STATE_DIRECTORY = Path("/var/lib/backupmand")
+
+#: Keys whose values are secrets: masked in check-config, never echoed in errors,
+#: and accepted as ``<key>_file``.
+SECRET_KEYS = frozenset(
+    {"password", "access_key", "secret_key", "smtp_password", "token", "api_keys", "url_secret",
+     "secret"}
+)
+
+Compression = Literal["zstd", "gzip", "none"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+def _label_ok(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if any(ch in value for ch in "/\\\0\n\r"):
+        raise ValueError("must not contain slashes, NUL or line breaks")
+    return value
+
+
+Label = Annotated[str, Field(min_length=1, max_length=100)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+class DatabaseConfig(Model):
+    """The catalog: where backupmand records its backups."""
+
+    provider: str = "sqlite"
+    db_path: Path = DEFAULT_STATE_DIRECTORY / "backupmand.db"
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value not in ("sqlite", "memory"):
+            raise ValueError(
+                f"catalog provider {value!r} is not supported: backupmand keeps its catalog in "
+                "'sqlite' (a file) or 'memory'; backups recorded in another database by the Go "
+                "backupman are not imported"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class SourceBase(Model):
+    label: Label
+    tmp_folder: Path = DEFAULT_STATE_DIRECTORY / "tmp"
+    compression: Compression | None = None  # None: the top-level default
+    compression_level: int | None = Field(default=None, ge=-7, le=22)
+    timeout: float = Field(default=6 * 3600, gt=0, description="seconds a dump may take")
+
+    @field_validator("label")
+    @classmethod
+    def _check_label(cls, value: str) -> str:
+        return _label_ok(value)
+
+
+class PostgresSource(SourceBase):
+    provider: Literal["postgres", "postgresql"]
+    host: str = "127.0.0.1"
+    port: Port = 5432
+    db_name: str
+    user: str = "postgres"
+    password: SecretStr | None = None
+    tls: bool = False
+    ssl_mode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    ca_file: Path | None = None
+    format: Literal["plain", "custom"] = "plain"
+    options: tuple[str, ...] = ()
+
+
+class MysqlSource(SourceBase):
+    provider: Literal["mysql", "mariadb"]
+    host: str = "127.0.0.1"
+    port: Port = 3306
+    db_name: str
+    user: str = "root"
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    options: tuple[str, ...] = ()
+
+
+class SqliteSource(SourceBase):
+    provider: Literal["sqlite"]
+    db_path: Path
+
+
+DataSource = Annotated[
+    PostgresSource | MysqlSource | SqliteSource, Field(discriminator="provider")
+]
+
+
+# --------------------------------------------------------------------------- drives
+
+
+class DriveBase(Model):
+    label: Label
+    attempts: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("label")
+    @classmethod
+    def _check_label(cls, value: str) -> str:
+        return _label_ok(value)
+
+
+class LocalDrive(DriveBase):
+    provider: Literal["local"]
+    folder: Path
+
+
+class S3Drive(DriveBase):
+    provider: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    region: str = "us-east-1"
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    endpoint: str = ""
+    prefix: str = ""
+    force_path_style: bool = False
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Drive:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("access_key and secret_key go together (or neither, for the "
+                             "default credential chain)")
+        return self
+
+
+class GoogleDrive(DriveBase):
+    provider: Literal["google_drive", "gdrive"]
+    folder: str = "backups"
+    client_secret_file: Path
+    token_file: Path
+    api_url: str = "https://www.googleapis.com/"
+    token_uri: str = "https://oauth2.googleapis.com/token"
+    chunk_size: int = Field(default=8 * 1024 * 1024, ge=256 * 1024)
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk(cls, value: int) -> int:
+        if value % (256 * 1024):
+            raise ValueError("must be a multiple of 256 KiB (Drive's resumable upload rule)")
+        return value
+
+
+DriveConfig = Annotated[LocalDrive | S3Drive | GoogleDrive, Field(discriminator="provider")]
+
+
+# --------------------------------------------------------------------------- notifiers
+
+
+class MailDestination(Model):
+    name: str = ""
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+
+
+class MailNotifier(Model):
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: Port | None = None  # None: 465 for ssl, 587 for tls/starttls, 25 for none
+    smtp_user: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_crypto: Literal["ssl", "tls", "starttls", "none"] = "starttls"
+    ca_file: Path | None = None
+    sender: str = ""
+    destinations: tuple[MailDestination, ...] = ()
+    only_on_failure: bool = False
+    timeout: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_destinations(self) -> MailNotifier:
+        if self.enabled and not self.destinations:
+            raise ValueError("mail is enabled but has no destinations")
+        return self
+
+
+class WebhookEndpoint(Model):
+    name: str
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token: SecretStr | None = None
+    secret: SecretStr | None = None
+    only_on_failure: bool = False
+
+
+class WebhookNotifier(Model):
+    enabled: bool = False
+    endpoints: tuple[WebhookEndpoint, ...] = ()
+    timeout: float = Field(default=10, gt=0)
+    attempts: int = Field(default=3, ge=1, le=20)
+
+
+class PingNotifier(Model):
+    """Dead-man pings (healthchecks.io, Uptime Kuma push)."""
+
+    enabled: bool = False
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    start_suffix: str = "/start"
+    success_suffix: str = ""
+    fail_suffix: str = "/fail"
+    timeout: float = Field(default=10, gt=0)
+
+
+class NotifiersConfig(Model):
+    mail: MailNotifier = MailNotifier()
+    webhook: WebhookNotifier = WebhookNotifier()
+    ping: PingNotifier = PingNotifier()
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class RetentionConfig(Model):
+    enabled: bool = False
+    by: Literal["age", "count"] = "age"
+    value: int = Field(default=30, ge=1)
+    min_keep: int = Field(default=1, ge=0)
+
+
+class UploadsConfig(Model):
+    """How each drive's upload is retried (exponential backoff with full jitter)."""
+
+    attempts: int = Field(default=5, ge=1, le=100)
+    initial_backoff: float = Field(default=2.0, ge=0)
+    max_backoff: float = Field(default=60.0, ge=0)
+
+
+class BackupJob(Model):
+    enabled: bool = True
+    cron: str = "0 3 * * *"
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> BackupJob:
+        from .schedule import parse_cron  # late: keeps APScheduler off the --help path
+
+        parse_cron(self.cron, self.timezone)
+        return self
+
+
+class HttpConfig(Model):
+    app_url: str = "http://localhost:8080"
+    listen: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    api_keys: tuple[SecretStr, ...] = ()
+    url_secret: SecretStr | None = None
+    download_url_ttl: int = Field(default=3600, ge=1)
+    backup_job: BackupJob = BackupJob()
+
+
+class Settings(Model):
+    database: DatabaseConfig = DatabaseConfig()
+    data_sources: tuple[DataSource, ...] = Field(min_length=1)
+    drives: tuple[DriveConfig, ...] = Field(min_length=1)
+    notifiers: NotifiersConfig = NotifiersConfig()
+    compression: Compression = "zstd"
+    compression_level: int | None = Field(default=None, ge=-7, le=22)
+    retention: RetentionConfig = RetentionConfig()
+    uploads: UploadsConfig = UploadsConfig()
+    http: HttpConfig = HttpConfig()
+    state_dir: Path | None = None
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    dump_concurrency: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Settings:
+        for kind, items in (("data_sources", self.data_sources), ("drives", self.drives)):
+            seen: set[str] = set()
+            for item in items:
+                if item.label.casefold() in seen:
+                    raise ValueError(f"{kind}: label {item.label!r} is used twice")
+                seen.add(item.label.casefold())
+        return self
+
+    # ---- derived values
+
+    @property
+    def state_directory(self) -> Path:
+        """Where the daemon keeps its locks and the download-URL key."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.database.provider == "sqlite":
+            return self.database.db_path.parent
+        return Path(os.environ.get("STATE_DIRECTORY", str(DEFAULT_STATE_DIRECTORY))).resolve()
+
+    def compression_for(self, source: SourceBase) -> tuple[str, int | None]:
+        name = source.compression or self.compression
+        level = source.compression_level if source.compression_level is not None else (
+            self.compression_level)
+        return name, level
+
+    def source(self, label: str) -> PostgresSource | MysqlSource | SqliteSource:
+        for item in self.data_sources:
+            if item.label == label:
+                return item
+        raise KeyError(label)
+
+    def drive(self, label: str) -> LocalDrive | S3Drive | GoogleDrive:
+        for item in self.drives:
+            if item.label == label:
+                return item
+        raise KeyError(label)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the settings, for log and error redaction."""
+        found: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                if secret:
+                    found.append(secret)
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, (tuple, list)):
+                for item in value:
+                    walk(item)
+
+        walk(self)
+        return found
+
+
+# --------------------------------------------------------------------------- loading
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}\\]|\\.)*))?\}")
+
+
+def _expand(value: str, path: str, problems: list[str], env: Mapping[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and (default is None or env[name] != ""):
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _VAR.sub(substitute, value)
+
+
+def _path_str(parts: tuple[Any, ...] | list[Any]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _read_secret_file(raw: str, path: str, problems: list[str], env: Mapping[str, str]) -> str | None:
+    file_path = Path(raw).expanduser()
+    if not file_path.is_absolute() and env.get("CREDENTIALS_DIRECTORY"):
+        file_path = Path(env["CREDENTIALS_DIRECTORY"]) / file_path
+    try:
+        return file_path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        problems.append(f"{path}: cannot read {file_path}: {error.strerror or error}")
+        return None
+
+
+def _prepare(node: Any, parts: list[Any], problems: list[str], env: Mapping[str, str]) -> Any:
+    """Expand variables and resolve ``<key>_file`` secrets, recursively."""
+    path = _path_str(parts)
+    if isinstance(node, str):
+        return _expand(node, path, problems, env)
+    if isinstance(node, list):
+        return [_prepare(item, [*parts, index], problems, env) for index, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    result: dict[Any, Any] = {}
+    for key, value in node.items():
+        result[key] = _prepare(value, [*parts, key], problems, env)
+    for key in list(result):
+        if not (isinstance(key, str) and key.endswith("_file")):
+            continue
+        base = key[: -len("_file")]
+        if base not in SECRET_KEYS:
+            continue  # e.g. client_secret_file, token_file, ca_file: real paths
+        key_path = _path_str([*parts, key])
+        if base in result:
+            problems.append(f"{key_path}: give either {base} or {key}, not both")
+            continue
+        raw = result.pop(key)
+        if not isinstance(raw, str) or not raw:
+            problems.append(f"{key_path}: must be a file path")
+            continue
+        content = _read_secret_file(raw, key_path, problems, env)
+        if content is None:
+            continue
+        if base == "api_keys":
+            result[base] = [line.strip() for line in content.splitlines() if line.strip()]
+        else:
+            result[base] = content
+    return result
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = [part for part in error["loc"] if not _is_union_tag(part)]
+    message = error["msg"]
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        message = f"unknown provider (expected one of {expected})"
+    elif kind == "union_tag_not_found":
+        message = "the 'provider' key is required"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return f"{_path_str(location)}: {message}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in {
+        "postgres", "postgresql", "mysql", "mariadb", "sqlite", "local", "s3", "google_drive",
+        "gdrive", "function-after[_keys_together(), S3Drive]",
+    } or (isinstance(part, str) and part.startswith("function-"))
+
+
+def parse_settings(
+    text: str, *, source: str | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Parse and validate a config document; raise ConfigError listing every problem."""
+    environment = os.environ if env is None else env
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError([f"{where}{problem}"], source) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(["(top level): must be a mapping of keys"], source)
+    problems: list[str] = []
+    prepared = _prepare(document, [], problems, environment)
+    try:
+        settings = Settings.model_validate(prepared)
+    except ValidationError as error:
+        problems.extend(_describe(item) for item in error.errors(include_input=False))
+        settings = None
+    if problems:
+        raise ConfigError(sorted(dict.fromkeys(problems)), source)
+    assert settings is not None
+    return settings
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """``--config``, else ``$BACKUPMAND_CONFIG``, else /etc/backupmand/config.yml, else ./config.yml."""
+    environment = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if environment.get("BACKUPMAND_CONFIG"):
+        return Path(environment["BACKUPMAND_CONFIG"])
+    if DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return Path("config.yml")
+
+
+def load_settings(explicit: str | None = None) -> Settings:
+    path = config_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"cannot read the config file: {error.strerror or error}"], str(path)) from None
+    return parse_settings(text, source=str(path))
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by '********'."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********"
+        if isinstance(value, BaseModel):
+            return {name: convert(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, (tuple, list)):
+            return [convert(item) for item in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return convert(settings)  # type: ignore[no-any-return]
+
+
+def iter_sources(settings: Settings, labels: list[str] | None) -> Iterator[PostgresSource | MysqlSource | SqliteSource]:
+    if not labels:
+        yield from settings.data_sources
+        return
+    for label in labels:
+        yield settings.source(label)

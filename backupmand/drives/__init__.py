@@ -1,0 +1,28 @@
+"""Drives: one module per provider, each implementing drives.base.Drive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import GoogleDrive, LocalDrive, S3Drive
+from .base import Drive, StoredFile
+
+
+def build_drive(config: LocalDrive | S3Drive | GoogleDrive) -> Drive[Any]:
+    """The Drive for one drives entry (imports only the client library it needs)."""
+    if isinstance(config, LocalDrive):
+        from .local import LocalFolder
+
+        return LocalFolder(config)
+    if isinstance(config, S3Drive):
+        from .s3 import S3Bucket
+
+        return S3Bucket(config)
+    if isinstance(config, GoogleDrive):
+        from .google_drive import GoogleDriveFolder
+
+        return GoogleDriveFolder(config)
+    raise TypeError(f"unknown drive config {type(config).__name__}")
+
+
+__all__ = ["Drive", "StoredFile", "build_drive"]

@@ -1,0 +1,82 @@
+"""The exception tree of backupmand.
+
+    BackupmandError                 every error the package raises on purpose
+    ├── ConfigError                 the config file is missing, unreadable or invalid (exit 78)
+    ├── CatalogError                the catalog cannot be opened, is damaged, or is locked
+    │   └── AlreadyRunningError     another daemon holds the catalog's daemon lock
+    ├── NotFoundError               no backup or drive file with that id (API 404)
+    ├── ConflictError               the backup is in the wrong state for the request (API 409)
+    ├── ProcessError                a subprocess failed: exit status, signal, timeout, missing tool
+    │   └── DumpError               a dump failed or its output is incomplete
+    ├── DriveError                  a drive refused an upload, download, delete or health check
+    │   └── VerificationError       what the drive holds differs from what was sent
+    ├── RestoreError                a restore could not fetch, verify or load a backup
+    └── HealthError                 a health check found a component DOWN
+
+Errors are caught at three edges only: the backup run (recorded in the catalog and
+logged, the daemon stays up), the API middleware (a JSON error), and the CLI (an
+exit code).
+"""
+
+from __future__ import annotations
+
+
+class BackupmandError(Exception):
+    """Raised for every failure the package reports on purpose."""
+
+
+class ConfigError(BackupmandError):
+    """Raised when the config file is missing, unreadable or invalid."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "invalid configuration:\n  " + "\n  ".join(problems))
+
+
+class CatalogError(BackupmandError):
+    """Raised when the catalog cannot be opened, is damaged, or is locked."""
+
+
+class AlreadyRunningError(CatalogError):
+    """Raised when another daemon already serves the same catalog."""
+
+
+class NotFoundError(BackupmandError, LookupError):
+    """Raised when no backup or drive file has the requested id."""
+
+
+class ConflictError(BackupmandError):
+    """Raised when a backup is in the wrong state for the request."""
+
+
+class ProcessError(BackupmandError):
+    """Raised when a subprocess fails; the message carries its redacted stderr tail."""
+
+
+class DumpError(ProcessError):
+    """Raised when a dump fails or its output is incomplete."""
+
+
+class DriveError(BackupmandError):
+    """Raised when a drive refuses an operation."""
+
+    #: False when retrying cannot help (bad credentials, missing bucket, ...).
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class VerificationError(DriveError):
+    """Raised when the stored file's size or checksum differs from the local dump."""
+
+
+class RestoreError(BackupmandError):
+    """Raised when a restore cannot fetch, verify or load a backup."""
+
+
+class HealthError(BackupmandError):
+    """Raised by a health check that finds its component DOWN."""

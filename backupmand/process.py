@@ -1,0 +1,264 @@
+"""The one place where backupmand starts subprocesses.
+
+Every child runs in its own session (so its whole process group can be stopped),
+gets its secrets through its environment or a file descriptor, never argv, and has
+its stderr collected into a bounded tail that is redacted before it is logged or
+recorded. A child that exits non-zero, dies by a signal or outlives its deadline
+raises ProcessError with that tail as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+
+import structlog
+
+from .errors import ProcessError
+
+log = structlog.get_logger("backupmand.process")
+
+STDERR_TAIL = 64 * 1024
+READ_LIMIT = 8 * 1024 * 1024
+KILL_GRACE = 3.0
+
+#: Variables a child never inherits from the daemon: they would silently change
+#: which server or credentials a client tool uses.
+_DROPPED_PREFIXES = ("PG", "MYSQL", "MARIADB", "AWS_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subprocess as data: what to run, with what environment, hiding which secrets."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    pass_fds: tuple[int, ...] = ()
+    cwd: Path | None = None
+
+    def display(self) -> str:
+        return redact(" ".join(self.argv), self.secrets)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "********")
+    return text
+
+
+def find_tool(*names: str) -> str:
+    """The first of ``names`` found on PATH; ProcessError naming them all otherwise."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ProcessError(f"{' or '.join(names)} not found on PATH: install it on this host")
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+class _Tail:
+    """The last bytes of a stream, collected without blocking the child."""
+
+    def __init__(self, limit: int = STDERR_TAIL) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    async def drain(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(65536):
+            self.data += chunk
+            if len(self.data) > self.limit:
+                del self.data[: len(self.data) - self.limit]
+
+    def text(self, secrets: Iterable[str], lines: int = 20) -> str:
+        decoded = self.data.decode("utf-8", "replace").strip().splitlines()
+        return redact("\n".join(decoded[-lines:]), secrets)
+
+
+class Running:
+    """A started child: its process, its stderr tail, and how to stop its whole group."""
+
+    def __init__(self, command: Command, process: asyncio.subprocess.Process) -> None:
+        self.command = command
+        self.process = process
+        self.stderr = _Tail()
+        self._stderr_task = asyncio.ensure_future(self.stderr.drain(process.stderr))
+        self.started = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return Path(self.command.argv[0]).name
+
+    async def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after a grace period; idempotent."""
+        if self.process.returncode is not None:
+            await self._reap_group()
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), KILL_GRACE)
+        except TimeoutError:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        await self._reap_group()
+
+    async def _reap_group(self) -> None:
+        # Children of the tool (a shell pipeline, a compressor) die with the group.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
+
+    async def wait(self) -> int:
+        code = await self.process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._stderr_task), 5.0)
+        return code
+
+    def failure(self, code: int) -> ProcessError:
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        tail = self.stderr.text(self.command.secrets)
+        return ProcessError(f"{self.name} {how}" + (f": {tail}" if tail else ""))
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def start(
+    command: Command, *, stdin: int | None = asyncio.subprocess.DEVNULL,
+    stdout: int | None = asyncio.subprocess.PIPE,
+) -> Running:
+    log.debug("process.start", command=command.display())
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command.argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_environment(command.env),
+            cwd=command.cwd,
+            pass_fds=command.pass_fds,
+            start_new_session=True,
+            limit=READ_LIMIT,
+        )
+    except FileNotFoundError:
+        raise ProcessError(f"{command.argv[0]} not found: install it on this host") from None
+    except PermissionError as error:
+        raise ProcessError(f"cannot run {command.argv[0]}: {error.strerror}") from None
+    return Running(command, process)
+
+
+async def stream_output(command: Command, *, timeout: float) -> AsyncIterator[bytes]:
+    """Run ``command`` and yield its stdout as it comes.
+
+    Raises ProcessError after the last chunk when the child failed, and when the
+    deadline passes. Closing or cancelling the generator stops the process group.
+    """
+    running = await start(command)
+    deadline = time.monotonic() + timeout
+    assert running.process.stdout is not None
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProcessError(f"{running.name} timed out after {timeout:g} s")
+            try:
+                chunk = await asyncio.wait_for(running.process.stdout.read(READ_LIMIT), remaining)
+            except TimeoutError:
+                raise ProcessError(f"{running.name} timed out after {timeout:g} s") from None
+            if not chunk:
+                break
+            yield chunk
+        try:
+            code = await asyncio.wait_for(running.wait(), max(deadline - time.monotonic(), 1.0))
+        except TimeoutError:
+            raise ProcessError(f"{running.name} timed out after {timeout:g} s") from None
+        if code != 0:
+            raise running.failure(code)
+    finally:
+        await running.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Completed:
+    code: int
+    stdout: bytes
+    stderr: str
+
+
+async def run(
+    command: Command,
+    *,
+    timeout: float,
+    input_chunks: AsyncIterator[bytes] | None = None,
+    check: bool = True,
+    stdout_limit: int = 1024 * 1024,
+) -> Completed:
+    """Run ``command`` to completion, feeding ``input_chunks`` to its stdin as a stream.
+
+    Stdout is kept up to ``stdout_limit`` bytes (for small answers such as a health
+    query); a loader's output beyond that is discarded, never buffered.
+    """
+    running = await start(
+        command, stdin=asyncio.subprocess.PIPE if input_chunks is not None else
+        asyncio.subprocess.DEVNULL,
+    )
+    output = bytearray()
+
+    async def collect() -> None:
+        assert running.process.stdout is not None
+        while chunk := await running.process.stdout.read(65536):
+            if len(output) < stdout_limit:
+                output.extend(chunk[: stdout_limit - len(output)])
+
+    async def feed() -> None:
+        stdin = running.process.stdin
+        assert stdin is not None and input_chunks is not None
+        try:
+            async for chunk in input_chunks:
+                stdin.write(chunk)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child stopped reading: its exit status tells why
+        finally:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                stdin.close()
+                await stdin.wait_closed()
+
+    async def whole() -> int:
+        tasks = [collect()]
+        if input_chunks is not None:
+            tasks.append(feed())
+        await asyncio.gather(*tasks)
+        return await running.wait()
+
+    try:
+        code = await asyncio.wait_for(whole(), timeout)
+    except TimeoutError:
+        raise ProcessError(f"{running.name} timed out after {timeout:g} s") from None
+    finally:
+        await running.stop()
+    if check and code != 0:
+        raise running.failure(code)
+    return Completed(code, bytes(output), running.stderr.text(command.secrets))
