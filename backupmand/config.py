@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .locks import slug
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupmand/config.yml")
 DEFAULT_STATE_DIRECTORY = Path("/var/lib/backupmand")
@@ -176,7 +177,7 @@ class GoogleDrive(DriveBase):
     client_secret_file: Path
     token_file: Path
     api_url: str = "https://www.googleapis.com/"
-    token_uri: str = "https://oauth2.googleapis.com/token"
+    token_uri: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     chunk_size: int = Field(default=8 * 1024 * 1024, ge=256 * 1024)
 
     @field_validator("chunk_size")
@@ -298,6 +299,7 @@ class Settings(Model):
     notifiers: NotifiersConfig = NotifiersConfig()
     compression: Compression = "zstd"
     compression_level: int | None = Field(default=None, ge=-7, le=22)
+    compression_threads: int = Field(default=0, ge=0, le=64)  # 0: one per core (zstd)
     retention: RetentionConfig = RetentionConfig()
     uploads: UploadsConfig = UploadsConfig()
     http: HttpConfig = HttpConfig()
@@ -310,9 +312,12 @@ class Settings(Model):
         for kind, items in (("data_sources", self.data_sources), ("drives", self.drives)):
             seen: set[str] = set()
             for item in items:
-                if item.label.casefold() in seen:
-                    raise ValueError(f"{kind}: label {item.label!r} is used twice")
-                seen.add(item.label.casefold())
+                key = slug(item.label)
+                if key in seen:
+                    raise ValueError(
+                        f"{kind}: label {item.label!r} is used twice (labels are compared "
+                        "ignoring case and punctuation, as they name files)")
+                seen.add(key)
         return self
 
     # ---- derived values
@@ -458,10 +463,10 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in {
+    return (isinstance(part, str) and part in {
         "postgres", "postgresql", "mysql", "mariadb", "sqlite", "local", "s3", "google_drive",
         "gdrive", "function-after[_keys_together(), S3Drive]",
-    } or (isinstance(part, str) and part.startswith("function-"))
+    }) or (isinstance(part, str) and part.startswith("function-"))
 
 
 def parse_settings(
@@ -528,11 +533,3 @@ def masked(settings: Settings) -> dict[str, Any]:
         return value
 
     return convert(settings)  # type: ignore[no-any-return]
-
-
-def iter_sources(settings: Settings, labels: list[str] | None) -> Iterator[PostgresSource | MysqlSource | SqliteSource]:
-    if not labels:
-        yield from settings.data_sources
-        return
-    for label in labels:
-        yield settings.source(label)

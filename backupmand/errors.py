@@ -4,6 +4,7 @@
     ├── ConfigError                 the config file is missing, unreadable or invalid (exit 78)
     ├── CatalogError                the catalog cannot be opened, is damaged, or is locked
     │   └── AlreadyRunningError     another daemon holds the catalog's daemon lock
+    ├── InvalidInputError           a request or command names unknown things or bad values (400)
     ├── NotFoundError               no backup or drive file with that id (API 404)
     ├── ConflictError               the backup is in the wrong state for the request (API 409)
     ├── ProcessError                a subprocess failed: exit status, signal, timeout, missing tool
@@ -41,6 +42,10 @@ class CatalogError(BackupmandError):
 
 class AlreadyRunningError(CatalogError):
     """Raised when another daemon already serves the same catalog."""
+
+
+class InvalidInputError(BackupmandError, ValueError):
+    """Raised when a request or command has bad parameters or names unknown sources."""
 
 
 class NotFoundError(BackupmandError, LookupError):

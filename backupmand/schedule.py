@@ -114,7 +114,7 @@ def resolve_timezone(name: str | None) -> dt.tzinfo:
 
 
 def next_fire_times(trigger: Any, count: int, now: dt.datetime | None = None) -> list[dt.datetime]:
-    current = now or dt.datetime.now(dt.timezone.utc)
+    current = now or dt.datetime.now(dt.UTC)
     times: list[dt.datetime] = []
     previous: dt.datetime | None = None
     for _ in range(count):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import LocalDrive
 from ..errors import DriveError, HealthError, VerificationError
-from ..files import READ_SIZE, fsync_directory, read_file, remove_quietly
+from ..files import READ_SIZE, fsync_directory, read_file, remove_quietly, sha256_file
 from .base import Drive, StoredFile
 
 TEMP_PREFIX = ".backupmand-upload-"
@@ -68,6 +68,10 @@ class LocalFolder(Drive[LocalDrive]):
             try:
                 os.link(temporary, final)
             except FileExistsError:
+                # An earlier attempt may have landed before its process died: the same
+                # bytes under the same name are that upload, not a collision.
+                if sha256_file(final) == (size, sha256):
+                    return StoredFile(path=str(final), size=size)
                 raise DriveError(f"{final} already exists: not overwritten", retryable=False) from None
             stored = final.stat().st_size
             if stored != size:

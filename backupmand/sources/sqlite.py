@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .. import process
 from ..config import SqliteSource
-from ..files import read_file
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
+from ..files import read_file
 from .base import Source
 
 SNAPSHOT_NAME = "snapshot.sqlite"

@@ -1,0 +1,73 @@
+"""`backupmand serve`: the API and the schedule in one process, with an orderly stop.
+
+Start order: catalog and recovery (Runtime) -> HTTP listener -> schedule -> READY=1.
+Stop (SIGTERM or SIGINT): STOPPING=1 -> no new ticks -> in-flight backups get
+``shutdown_grace`` seconds, then are stopped and recorded failed -> listener closed
+-> exit 0. SIGHUP is logged and ignored: the config is read at start only, so a
+changed config takes effect with `systemctl restart backupmand`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+
+from . import systemd
+from .api import create_app
+from .config import Settings
+from .runtime import Runtime
+from .scheduler import Schedule
+
+log = structlog.get_logger("backupmand.daemon")
+
+
+async def serve(settings: Settings, *, port: int | None = None, listen: str | None = None) -> int:
+    host = listen or settings.http.listen
+    chosen_port = settings.http.port if port is None else port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("signal.sighup_ignored",
+                            reason="the config is read at start; restart to apply changes"))
+    async with Runtime.open(settings, daemon=True) as runtime:
+        app = create_app(runtime)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, chosen_port, reuse_address=True)
+        await site.start()
+        schedule = Schedule(runtime)
+        schedule.start()
+        app["schedule"] = schedule
+
+        def describe() -> str:
+            if runtime.running:
+                steps = ", ".join(f"{label} ({step})" for label, step in runtime.running.items())
+                return f"backing up {steps}"
+            return f"idle; next backup {schedule.next_run_text()}"
+
+        runtime.add_progress_listener(lambda _label, _step: systemd.status(describe()))
+        watchdog = asyncio.create_task(systemd.watchdog_loop())
+        log.info("daemon.ready", listen=host, port=chosen_port, next_run=schedule.next_run_text())
+        systemd.ready(describe())
+        try:
+            await stop.wait()
+        finally:
+            log.info("daemon.stopping", in_flight=runtime.in_flight)
+            systemd.stopping()
+            schedule.shutdown()
+            await runtime.stop(settings.shutdown_grace)
+            await runner.cleanup()
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    log.info("daemon.stopped")
+    return 0
