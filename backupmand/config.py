@@ -424,13 +424,13 @@ def _prepare(node: Any, parts: list[Any], problems: list[str], env: Mapping[str,
         if not (isinstance(key, str) and key.endswith("_file")):
             continue
         base = key[: -len("_file")]
-        if base not in SECRET_KEYS:
-            continue  # e.g. client_secret_file, token_file, ca_file: real paths
+        if base not in SECRET_KEYS or (parts[:1] == ["drives"] and key == "token_file"):
+            continue  # client_secret_file, ca_file, google_drive's token_file: real paths
         key_path = _path_str([*parts, key])
+        raw = result.pop(key)
         if base in result:
             problems.append(f"{key_path}: give either {base} or {key}, not both")
             continue
-        raw = result.pop(key)
         if not isinstance(raw, str) or not raw:
             problems.append(f"{key_path}: must be a file path")
             continue

@@ -122,7 +122,7 @@ async def dump(services: Services, backup: Backup) -> Backup:
     source = services.sources.get(backup.label)
     if source is None:
         raise DumpError(f"data source {backup.label!r} is no longer configured")
-    folder = source.config.tmp_folder.expanduser().resolve()
+    folder = await asyncio.to_thread(lambda: source.config.tmp_folder.expanduser().resolve())
     final = folder / backup.name
     partial = folder / f"{backup.name}.partial"
     workdir = folder / f".{backup.name}.work"

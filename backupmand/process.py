@@ -63,6 +63,11 @@ def find_tool(*names: str) -> str:
     raise ProcessError(f"{' or '.join(names)} not found on PATH: install it on this host")
 
 
+async def locate(*names: str) -> str:
+    """find_tool off the event loop (PATH lookups stat the file system)."""
+    return await asyncio.to_thread(find_tool, *names)
+
+
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
     env.update(extra)

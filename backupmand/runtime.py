@@ -124,7 +124,7 @@ class Runtime:
         """
         for backup in await self.catalog.pending_backups():
             lock = self.locks.source(backup.label)
-            if lock.try_acquire():
+            if await asyncio.to_thread(lock.try_acquire):
                 try:
                     await self.catalog.fail_backup(backup.id, RECOVERED)
                     log.warning("backup.recovered", backup_id=backup.id, label=backup.label,
@@ -137,7 +137,7 @@ class Runtime:
         free = []
         for label in self.services.sources:
             lock = self.locks.source(label)
-            if lock.try_acquire():
+            if await asyncio.to_thread(lock.try_acquire):
                 free.append((label, lock))
         try:
             await asyncio.to_thread(self._sweep, [label for label, _ in free])
@@ -191,7 +191,7 @@ class Runtime:
         busy: list[str] = []
         for label in self.source_labels(labels):
             lock = self.locks.source(label)
-            if not lock.try_acquire():
+            if not await asyncio.to_thread(lock.try_acquire):
                 busy.append(label)
                 log.info("backup.skipped", label=label, reason="a backup of it is in flight")
                 continue
@@ -231,7 +231,7 @@ class Runtime:
                 f"the local dump of backup {backup_id} is gone, so its uploads cannot be "
                 "retried: start a new backup")
         lock = self.locks.source(backup.label)
-        if not lock.try_acquire():
+        if not await asyncio.to_thread(lock.try_acquire):
             raise ConflictError(f"a backup of {backup.label} is in flight")
         try:
             backup = await self.catalog.update_backup(

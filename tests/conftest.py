@@ -21,7 +21,7 @@ pytest_plugins: list[str] = []
 def _quiet_logs() -> None:
     from backupmand import logs
 
-    logs.configure("warning", force_console=False)
+    logs.configure("info", force_console=False)
     structlog.contextvars.clear_contextvars()
 
 

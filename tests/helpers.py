@@ -96,7 +96,7 @@ class Daemon:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path or config.with_suffix(".log")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "backupmand", "-c", str(config), "serve", "--port", str(port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env or child_env(),

@@ -26,9 +26,9 @@ TEMP_PREFIX = ".backupmand-upload-"
 class LocalFolder(Drive[LocalDrive]):
     provider = "local"
 
-    @property
-    def folder(self) -> Path:
-        return self.config.folder.expanduser().resolve()
+    def __init__(self, config: LocalDrive) -> None:
+        super().__init__(config)
+        self.folder = config.folder.expanduser().resolve()
 
     def _resolve(self, path: str) -> Path:
         resolved = Path(path).resolve()

@@ -26,14 +26,14 @@ SNAPSHOT_NAME = "snapshot.sqlite"
 BUSY_TIMEOUT_MS = 60_000
 
 
-def _tool() -> str:
-    return process.find_tool("sqlite3")
+async def _tool() -> str:
+    return await process.locate("sqlite3")
 
 
 async def integrity_check(path: Path, *, timeout: float = 3600) -> None:
     """Raise ProcessError unless ``PRAGMA integrity_check`` answers exactly 'ok'."""
     result = await process.run(
-        process.Command((_tool(), "-bail", "-readonly", str(path), "PRAGMA integrity_check;")),
+        process.Command((await _tool(), "-bail", "-readonly", str(path), "PRAGMA integrity_check;")),
         timeout=timeout,
     )
     answer = result.stdout.decode("utf-8", "replace").strip()
@@ -48,20 +48,20 @@ class SqliteDatabase(Source[SqliteSource]):
     def extension(self) -> str:
         return ".sqlite"
 
-    @property
-    def path(self) -> Path:
-        return self.config.db_path.expanduser().resolve()
+    def __init__(self, config: SqliteSource) -> None:
+        super().__init__(config)
+        self.path = config.db_path.expanduser().resolve()
 
     async def dump(self, workdir: Path) -> AsyncIterator[bytes]:
         # Checked first: sqlite3 would otherwise create an empty database and back it up.
-        if not self.path.is_file():
+        if not await asyncio.to_thread(self.path.is_file):
             raise DumpError(f"SQLite database {self.path} does not exist")
         snapshot = workdir / SNAPSHOT_NAME
         try:
             try:
                 await process.run(
                     process.Command(
-                        (_tool(), "-bail", str(self.path), f".timeout {BUSY_TIMEOUT_MS}",
+                        (await _tool(), "-bail", str(self.path), f".timeout {BUSY_TIMEOUT_MS}",
                          f".backup {SNAPSHOT_NAME}"),
                         cwd=workdir,
                     ),
@@ -77,13 +77,13 @@ class SqliteDatabase(Source[SqliteSource]):
                 await asyncio.to_thread(snapshot.unlink)
 
     async def health(self) -> None:
-        if not self.path.is_file():
+        if not await asyncio.to_thread(self.path.is_file):
             raise HealthError(f"{self.path} does not exist")
-        if not os.access(self.path, os.R_OK):
+        if not await asyncio.to_thread(os.access, self.path, os.R_OK):
             raise HealthError(f"{self.path} is not readable")
         try:
             await process.run(
-                process.Command((_tool(), "-bail", "-readonly", str(self.path),
+                process.Command((await _tool(), "-bail", "-readonly", str(self.path),
                                  "PRAGMA schema_version;")),
                 timeout=10,
             )
@@ -108,7 +108,7 @@ class SqliteDatabase(Source[SqliteSource]):
             target.parent.mkdir(parents=True, exist_ok=True)
             await process.run(
                 process.Command(
-                    (_tool(), "-bail", str(target), f".timeout {BUSY_TIMEOUT_MS}",
+                    (await _tool(), "-bail", str(target), f".timeout {BUSY_TIMEOUT_MS}",
                      f".restore {incoming.name}"),
                     cwd=workdir,
                 ),
