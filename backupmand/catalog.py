@@ -282,6 +282,18 @@ class Catalog:
         )
         return {(row[0], row[1]): row[2] for row in rows}
 
+    async def last_finished_by_label(self) -> dict[str, Backup]:
+        """Each label's most recent finished backup (without its drive files), in one query."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {BACKUP_COLUMNS} FROM ("
+            f"  SELECT {BACKUP_COLUMNS}, row_number() OVER ("
+            "    PARTITION BY label ORDER BY coalesce(finished_at, updated_at, created_at) DESC,"
+            "    rowid DESC) AS rank"
+            "  FROM backups WHERE status = 'finished'"
+            ") WHERE rank = 1"
+        )
+        return {row[1]: _backup(row) for row in rows}
+
     async def pending_backups(self) -> list[Backup]:
         return await self.list_backups(status=Status.PENDING)
 

@@ -232,17 +232,44 @@ class WebhookNotifier(Model):
     endpoints: tuple[WebhookEndpoint, ...] = ()
     timeout: float = Field(default=10, gt=0)
     attempts: int = Field(default=3, ge=1, le=20)
+    backoff: float = Field(default=1.0, ge=0, description="seconds before the first retry, "
+                           "doubled for each next one (at most 30)")
+
+    @model_validator(mode="after")
+    def _needs_endpoints(self) -> WebhookNotifier:
+        if self.enabled and not self.endpoints:
+            raise ValueError("webhook is enabled but has no endpoints")
+        return self
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
 
 
 class PingNotifier(Model):
-    """Dead-man pings (healthchecks.io, Uptime Kuma push)."""
+    """Dead-man pings (healthchecks.io, Uptime Kuma push).
+
+    ``url`` is pinged for every data source; ``urls`` maps a data source's label to
+    its own check URL (one check per source, so that one source's success never hides
+    another's failure). A source with neither is not pinged.
+    """
 
     enabled: bool = False
-    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    url: HttpUrl | None = None
+    urls: dict[str, HttpUrl] = Field(default_factory=dict)
     start_suffix: str = "/start"
     success_suffix: str = ""
     fail_suffix: str = "/fail"
+    send_start: bool = True
+    method: Literal["GET", "POST"] = "GET"
     timeout: float = Field(default=10, gt=0)
+    attempts: int = Field(default=3, ge=1, le=20)
+    backoff: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> PingNotifier:
+        if self.enabled and self.url is None and not self.urls:
+            raise ValueError("ping is enabled but has neither url nor urls")
+        return self
 
 
 class NotifiersConfig(Model):
@@ -306,6 +333,14 @@ class Settings(Model):
     state_dir: Path | None = None
     shutdown_grace: float = Field(default=10.0, ge=0)
     dump_concurrency: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _ping_labels_known(self) -> Settings:
+        known = {source.label for source in self.data_sources}
+        unknown = sorted(set(self.notifiers.ping.urls) - known)
+        if unknown:
+            raise ValueError(f"notifiers.ping.urls: no data source is labelled {unknown[0]!r}")
+        return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Settings:

@@ -12,6 +12,7 @@
     ├── DriveError                  a drive refused an upload, download, delete or health check
     │   └── VerificationError       what the drive holds differs from what was sent
     ├── RestoreError                a restore could not fetch, verify or load a backup
+    ├── NotifierError               a notification channel could not deliver (logged, never fatal)
     └── HealthError                 a health check found a component DOWN
 
 Errors are caught at three edges only: the backup run (recorded in the catalog and
@@ -81,6 +82,10 @@ class VerificationError(DriveError):
 
 class RestoreError(BackupmandError):
     """Raised when a restore cannot fetch, verify or load a backup."""
+
+
+class NotifierError(BackupmandError):
+    """Raised when a notification channel could not deliver; the caller logs it."""
 
 
 class HealthError(BackupmandError):

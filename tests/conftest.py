@@ -14,7 +14,10 @@ from backupmand.config import Settings, parse_settings
 from backupmand.runtime import Runtime
 from tests.helpers import base_config, write_config
 
-pytest_plugins: list[str] = []
+pytest_plugins = [
+    "tests.servers.smtp",
+    "tests.servers.webhook",
+]
 
 
 @pytest.fixture(autouse=True)
