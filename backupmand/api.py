@@ -28,7 +28,8 @@ log = structlog.get_logger("backupmand.api")
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 URL_KEY: web.AppKey[bytes] = web.AppKey("url_key", bytes)
-EXTRAS: web.AppKey[dict[str, Any]] = web.AppKey("extras", dict)
+#: The daemon's schedule, when there is one: its next run feeds /metrics.
+NEXT_RUN: web.AppKey[Callable[[], Any]] = web.AppKey("next_run")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 100_000
@@ -100,6 +101,29 @@ routes = web.RouteTableDef()
 @routes.get("/ping")
 async def ping(_request: web.Request) -> web.Response:
     return web.json_response({"message": "pong"})
+
+
+@routes.get("/metrics")
+async def get_metrics(request: web.Request) -> web.Response:
+    from .metrics import CONTENT_TYPE, render_metrics
+
+    runtime = request.app[RUNTIME]
+    next_run = request.app.get(NEXT_RUN)
+    moment = next_run() if next_run is not None else None
+    body = await render_metrics(
+        runtime.catalog,
+        next_runs={label: moment for label in runtime.services.sources},
+        upload_failures=runtime.services.upload_failures,
+        drives=list(runtime.services.drives),
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/api/openapi.json")
+async def get_openapi(_request: web.Request) -> web.Response:
+    from .openapi import load_document
+
+    return web.json_response(load_document())
 
 
 @routes.get("/health")
@@ -263,6 +287,5 @@ def create_app(runtime: Runtime, url_key: bytes | None = None) -> web.Applicatio
                           client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app[URL_KEY] = url_key if url_key is not None else signing.load_key(runtime.settings)
-    app[EXTRAS] = {}
     app.add_routes(routes)
     return app

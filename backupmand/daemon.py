@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from . import systemd
-from .api import create_app
+from .api import NEXT_RUN, create_app
 from .config import Settings
 from .runtime import Runtime
 from .scheduler import Schedule
@@ -37,14 +37,14 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
         lambda: log.warning("signal.sighup_ignored",
                             reason="the config is read at start; restart to apply changes"))
     async with Runtime.open(settings, daemon=True) as runtime:
+        schedule = Schedule(runtime)
         app = create_app(runtime)
+        app[NEXT_RUN] = schedule.next_run
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, chosen_port, reuse_address=True)
         await site.start()
-        schedule = Schedule(runtime)
         schedule.start()
-        app["schedule"] = schedule
 
         def describe() -> str:
             if runtime.running:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -87,6 +88,28 @@ def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None =
     )
 
 
+_TEMPLATES = [
+    (re.compile(r"^/api/backups/[^/]+/retry$"), "/api/backups/{id}/retry"),
+    (re.compile(r"^/api/backups/[^/]+/generate-download-url$"),
+     "/api/backups/{id}/generate-download-url"),
+    (re.compile(r"^/api/backups/[^/]+/download$"), "/api/backups/{id}/download"),
+    (re.compile(r"^/api/backups/[^/]+$"), "/api/backups/{id}"),
+    (re.compile(r"^/api/backups$"), "/api/backups"),
+    (re.compile(r"^/health$"), "/health"),
+    (re.compile(r"^/ping$"), "/ping"),
+    (re.compile(r"^/api/openapi.json$"), "/api/openapi.json"),
+]
+
+
+def api_template(path: str) -> str | None:
+    """The OpenAPI path template a request path belongs to (None: not a documented route)."""
+    bare = path.split("?", 1)[0]
+    for pattern, template in _TEMPLATES:
+        if pattern.match(bare):
+            return template
+    return None
+
+
 class Daemon:
     """A real `backupmand serve` process on a free loopback port."""
 
@@ -133,9 +156,15 @@ class Daemon:
             raw = error.read()
             status = error.code
         try:
-            return status, json.loads(raw)
+            parsed = json.loads(raw)
         except ValueError:
-            return status, raw
+            parsed = raw
+        template = api_template(path)
+        if template is not None and method in ("GET", "POST"):
+            from backupmand.openapi import validate_response
+
+            validate_response(method, template, status, parsed)
+        return status, parsed
 
     def wait_backup(self, backup_id: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
