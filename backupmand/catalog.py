@@ -10,6 +10,7 @@ integrity check is reported, never recreated over.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -75,6 +76,14 @@ DRIVE_FILE_COLUMNS = (
 _BACKUP_FIELDS = {"status", "dump_status", "dump_path", "size", "sha256", "error", "pid",
                   "finished_at", "name"}
 _DRIVE_FILE_FIELDS = {"status", "path", "size", "error", "attempts", "finished_at"}
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, Status):
+        return value.value
+    if isinstance(value, dt.datetime):
+        return to_db_time(value)
+    return value
 
 
 def _drive_file(row: Sequence[Any]) -> DriveFile:
@@ -210,10 +219,7 @@ class Catalog:
         unknown = set(fields) - _BACKUP_FIELDS
         if unknown:
             raise ValueError(f"unknown backup fields {sorted(unknown)}")
-        values = {key: (value.value if isinstance(value, Status) else value)
-                  for key, value in fields.items()}
-        if "finished_at" in values and values["finished_at"] is not None:
-            values["finished_at"] = to_db_time(values["finished_at"])
+        values: dict[str, Any] = {key: _column_value(value) for key, value in fields.items()}
         values["updated_at"] = to_db_time(utcnow())
         assignments = ", ".join(f"{key} = ?" for key in values)
         cursor = await self._db.execute(
@@ -336,10 +342,7 @@ class Catalog:
         unknown = set(fields) - _DRIVE_FILE_FIELDS
         if unknown:
             raise ValueError(f"unknown drive file fields {sorted(unknown)}")
-        values = {key: (value.value if isinstance(value, Status) else value)
-                  for key, value in fields.items()}
-        if "finished_at" in values and values["finished_at"] is not None:
-            values["finished_at"] = to_db_time(values["finished_at"])
+        values: dict[str, Any] = {key: _column_value(value) for key, value in fields.items()}
         values["updated_at"] = to_db_time(utcnow())
         assignments = ", ".join(f"{key} = ?" for key in values)
         cursor = await self._db.execute(

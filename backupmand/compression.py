@@ -47,10 +47,10 @@ class _Zstd:
         ).compressobj()
 
     def compress(self, data: bytes) -> bytes:
-        return self._object.compress(data)  # type: ignore[no-any-return]
+        return self._object.compress(data)
 
     def flush(self) -> bytes:
-        return self._object.flush()  # type: ignore[no-any-return]
+        return self._object.flush()
 
 
 class _ZstdReader:
@@ -61,7 +61,7 @@ class _ZstdReader:
         self._object = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def decompress(self, data: bytes) -> bytes:
-        return self._object.decompress(data)  # type: ignore[no-any-return]
+        return self._object.decompress(data)
 
     def flush(self) -> bytes:
         return b""

@@ -479,7 +479,7 @@ def _prepare(node: Any, parts: list[Any], problems: list[str], env: Mapping[str,
     return result
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     location = [part for part in error["loc"] if not _is_union_tag(part)]
     message = error["msg"]
     kind = error["type"]

@@ -30,7 +30,7 @@ from .errors import ConflictError, InvalidInputError, NotFoundError
 from .files import remove_quietly
 from .locks import FileLock, Locks, slug
 from .models import Backup, Status
-from .notifiers import build_notifiers
+from .notifiers import Notifier, build_notifiers
 from .pipeline import INTERRUPTED, Services, dump_name, name_pattern, remove_local_dump, run_backup
 from .sources import build_source
 
@@ -71,8 +71,10 @@ class Runtime:
             async with Catalog.open(settings.database.provider, settings.database.db_path) as catalog:
                 sources = {config.label: build_source(config) for config in settings.data_sources}
                 drives = {config.label: build_drive(config) for config in settings.drives}
-                for item in [*sources.values(), *drives.values()]:
-                    logs.register_secrets(item.secrets())
+                for source in sources.values():
+                    logs.register_secrets(source.secrets())
+                for drive in drives.values():
+                    logs.register_secrets(drive.secrets())
                 services = Services(
                     settings=settings, catalog=catalog, sources=sources, drives=drives,
                     notifiers=build_notifiers(settings),
@@ -93,7 +95,9 @@ class Runtime:
 
     async def close(self) -> None:
         await self.stop(self.settings.shutdown_grace)
-        for closable in [*self.services.drives.values(), *self.services.notifiers]:
+        closables: list[Drive[Any] | Notifier] = [*self.services.drives.values(),
+                                                  *self.services.notifiers]
+        for closable in closables:
             try:
                 await closable.aclose()
             except Exception as error:

@@ -17,15 +17,15 @@ class Notifier(abc.ABC):
     #: The channel's name in logs and in /health (mail, webhook, ping, ...).
     name: str
 
-    async def backup_started(self, backup: Backup) -> None:  # noqa: B027  (optional hook)
+    async def backup_started(self, backup: Backup) -> None:
         """A backup began (default: nothing to say)."""
 
     @abc.abstractmethod
     async def backup_finished(self, backup: Backup) -> None:
         """A backup's outcome is recorded (``backup.status`` is finished or failed)."""
 
-    async def health(self) -> None:  # noqa: B027  (optional hook)
+    async def health(self) -> None:
         """Return when the channel looks usable; raise HealthError otherwise."""
 
-    async def aclose(self) -> None:  # noqa: B027  (optional hook)
+    async def aclose(self) -> None:
         """Release clients and connections."""

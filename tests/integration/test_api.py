@@ -204,3 +204,32 @@ def test_cli_list_show_and_run_share_the_catalog(two_sources, tmp_path):
     health = run_cli("health", "--json", config=two_sources)
     assert health.returncode == 0 and json.loads(health.stdout)["Status"] == "UP"
     assert dt.datetime.strptime(item["CreatedAt"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_metrics_agree_with_the_catalog(two_sources, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with daemon(two_sources) as server:
+        _, started = server.request("POST", "/api/backups")
+        for backup_id in started["BackupIds"]:
+            server.wait_backup(backup_id)
+        (tmp_path / "other.db").write_bytes(b"garbage, not a database" * 10)
+        _, again = server.request("POST", "/api/backups", {"Sources": ["Other DB"]})
+        failed = server.wait_backup(again["BackupIds"][0])
+        assert failed["Status"] == "failed"
+        with urllib.request.urlopen(server.url + "/metrics") as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+        _, listing = server.request("GET", "/api/backups")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    counts: dict[tuple[str, str], int] = {}
+    for item in listing["Results"]:
+        counts[(item["Label"], item["Status"])] = counts.get((item["Label"], item["Status"]), 0) + 1
+    for (label, status), count in counts.items():
+        assert samples[("backupmand_backups", (("label", label), ("status", status)))] == count
+    for item in listing["Results"]:
+        if item["Status"] == "finished" and item["Label"] == "app":
+            assert samples[("backupmand_last_size_bytes", (("label", "app"),))] == item["Size"]
