@@ -87,17 +87,57 @@ class _GzipReader:
         return self._object.flush()
 
 
+class _ParallelGzip:
+    """gzip members compressed side by side (as pigz does), written in order.
+
+    Each block becomes one complete gzip member; a file of concatenated members is a
+    valid gzip file (RFC 1952) that gzip, zcat and Python all read whole. zlib drops
+    the GIL while it works, so the threads use every core. At most ``2 * threads``
+    blocks are in flight, so memory stays bounded.
+    """
+
+    def __init__(self, level: int, threads: int) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._level = level
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gzip")
+        self._pending: list[Future[bytes]] = []
+        self._limit = 2 * threads
+
+    def _member(self, data: bytes) -> bytes:
+        compressor = zlib.compressobj(self._level, zlib.DEFLATED, 31)
+        return compressor.compress(data) + compressor.flush()
+
+    def compress(self, data: bytes) -> bytes:
+        if data:
+            self._pending.append(self._pool.submit(self._member, data))
+        out = bytearray()
+        while self._pending and (self._pending[0].done() or len(self._pending) > self._limit):
+            out += self._pending.pop(0).result()
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        out = bytearray()
+        while self._pending:
+            out += self._pending.pop(0).result()
+        self._pool.shutdown(wait=False)
+        return bytes(out)
+
+
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
 def compressor(name: str, level: int | None = None, threads: int = 0) -> Compressor:
-    """A streaming compressor; ``threads`` 0 means one per available core (zstd only)."""
+    """A streaming compressor; ``threads`` 0 means one per available core."""
     chosen = DEFAULT_LEVELS[name] if level is None else level
     if name == "zstd":
         workers = default_threads() if threads == 0 else threads
         return _Zstd(chosen, workers if workers > 1 else 0)
     if name == "gzip":
+        workers = default_threads() if threads == 0 else threads
+        if workers > 1:
+            return _ParallelGzip(chosen, workers)
         return zlib.compressobj(chosen, zlib.DEFLATED, 31)
     if name == "none":
         return _Identity()
