@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -12,27 +11,42 @@ from . import __version__
 VERSION = __version__
 
 
+def _git_commit(root: Path) -> str:
+    """The checked-out commit, read from .git without starting git (start-up stays fast)."""
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:7]
+        ref = head[5:]
+        common = git
+        if (git / "commondir").exists():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        for base in (git, common):
+            if (base / ref).exists():
+                return (base / ref).read_text().strip()[:7]
+            packed = base / "packed-refs"
+            if packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line[:7]
+    except (OSError, IndexError):
+        pass
+    return ""
+
+
 @cache
 def build_info() -> dict[str, str]:
-    """Commit and build date: from the package's _build.py (written by packaging), the
-    environment, or the git checkout it runs from."""
+    """From the package's _build.py (written by packaging/), else the environment, else
+    the git checkout it runs from."""
     try:
         from ._build import BUILD_DATE, COMMIT_SHA  # type: ignore[import-not-found]
 
         return {"Version": VERSION, "CommitSHA": COMMIT_SHA, "BuildDate": BUILD_DATE}
     except ImportError:
         pass
-    commit = os.environ.get("BACKUPMAND_COMMIT", "")
+    commit = os.environ.get("BACKUPMAND_COMMIT") or _git_commit(Path(__file__).resolve().parent.parent)
     date = os.environ.get("BACKUPMAND_BUILD_DATE", "")
-    root = Path(__file__).resolve().parent.parent
-    if not commit and (root / ".git").exists():
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(root), "log", "-1", "--format=%h %cI"],  # noqa: S607
-                capture_output=True, text=True, timeout=2, check=False,
-            ).stdout.split()
-            if len(out) == 2:
-                commit, date = out
-        except (OSError, subprocess.SubprocessError):
-            pass
     return {"Version": VERSION, "CommitSHA": commit or "unknown", "BuildDate": date or "unknown"}
