@@ -1,0 +1,91 @@
+"""The catalog: schema versions, WAL, sharing between processes, list queries."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from backupmand.catalog import MIGRATIONS, Catalog
+from backupmand.errors import CatalogError, NotFoundError
+from backupmand.models import Status
+
+
+async def test_schema_version_wal_and_reopening(tmp_path: Path):
+    path = tmp_path / "catalog.db"
+    async with Catalog.open("sqlite", path) as catalog:
+        backup = await catalog.create_backup(label="a", source_provider="sqlite", name="n",
+                                             compression="zstd")
+    async with Catalog.open("sqlite", path) as catalog:  # migrations are idempotent
+        assert (await catalog.get_backup(backup.id)).label == "a"
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path):
+    path = tmp_path / "catalog.db"
+    async with Catalog.open("sqlite", path):
+        pass
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(CatalogError, match="upgrade backupmand"):
+        async with Catalog.open("sqlite", path):
+            pass
+
+
+async def test_two_connections_write_at_the_same_time(tmp_path: Path):
+    path = tmp_path / "catalog.db"
+    async with Catalog.open("sqlite", path) as first, Catalog.open("sqlite", path) as second:
+        async def write(catalog: Catalog, label: str) -> None:
+            for index in range(100):
+                backup = await catalog.create_backup(label=label, source_provider="sqlite",
+                                                     name=f"{label}-{index}", compression="none")
+                record = await catalog.create_drive_file(backup_id=backup.id, drive="d",
+                                                         provider="local", label=backup.name)
+                await catalog.update_drive_file(record.id, status=Status.FINISHED, path="/x")
+                await catalog.update_backup(backup.id, status=Status.FINISHED)
+
+        await asyncio.gather(write(first, "one"), write(second, "two"))
+        everything = await first.list_backups()
+    assert len(everything) == 200
+    assert all(b.status is Status.FINISHED and len(b.drive_files) == 1 for b in everything)
+
+
+async def test_list_order_filters_and_lookups():
+    async with Catalog.open("memory") as catalog:
+        made = []
+        for index in range(6):
+            made.append(await catalog.create_backup(
+                label="even" if index % 2 == 0 else "odd", source_provider="sqlite",
+                name=f"n{index}", compression="zstd"))
+        await catalog.update_backup(made[0].id, status=Status.FAILED, error="boom")
+        listed = await catalog.list_backups()
+        assert [b.id for b in listed] == [b.id for b in reversed(made)]
+        assert [b.id for b in await catalog.list_backups(limit=2, offset=1)] == [made[4].id, made[3].id]
+        assert {b.label for b in await catalog.list_backups(label="odd")} == {"odd"}
+        (failed,) = await catalog.list_backups(status=Status.FAILED)
+        assert failed.error == "boom" and failed.updated_at is not None
+        assert made[1].updated_at is None, "UpdatedAt is null until the first change"
+        with pytest.raises(NotFoundError):
+            await catalog.get_backup("missing")
+        with pytest.raises(NotFoundError):
+            await catalog.update_backup("missing", status=Status.FAILED)
+        counts = await catalog.count_backups()
+        assert counts[("even", "failed")] == 1 and counts[("even", "pending")] == 2
+
+
+async def test_fail_backup_fails_pending_drive_files_only():
+    async with Catalog.open("memory") as catalog:
+        backup = await catalog.create_backup(label="a", source_provider="sqlite", name="n",
+                                             compression="zstd")
+        done = await catalog.create_drive_file(backup_id=backup.id, drive="one", provider="local",
+                                               label="n")
+        await catalog.update_drive_file(done.id, status=Status.FINISHED)
+        await catalog.create_drive_file(backup_id=backup.id, drive="two", provider="local", label="n")
+        failed = await catalog.fail_backup(backup.id, "interrupted")
+    assert failed.status is Status.FAILED and failed.dump_status is Status.FAILED
+    assert {f.drive: f.status for f in failed.drive_files} == {
+        "one": Status.FINISHED, "two": Status.FAILED}
