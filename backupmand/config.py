@@ -57,6 +57,15 @@ def _label_ok(value: str) -> str:
     return value
 
 
+def _identifier_ok(value: str) -> str:
+    """A database or user name: passed to the tools as one argument or option-file value."""
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ch in value for ch in "\0\n\r"):
+        raise ValueError("must not contain NUL or line breaks")
+    return value
+
+
 Label = Annotated[str, Field(min_length=1, max_length=100)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -111,6 +120,18 @@ class PostgresSource(SourceBase):
     format: Literal["plain", "custom"] = "plain"
     options: tuple[str, ...] = ()
 
+    @field_validator("db_name", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _identifier_ok(value)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .sources.options import check_pg_dump_options  # late: sources import config
+
+        return check_pg_dump_options(value)
+
 
 class MysqlSource(SourceBase):
     provider: Literal["mysql", "mariadb"]
@@ -122,6 +143,18 @@ class MysqlSource(SourceBase):
     tls: bool = False
     ca_file: Path | None = None
     options: tuple[str, ...] = ()
+
+    @field_validator("db_name", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _identifier_ok(value)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .sources.options import check_mysqldump_options  # late: sources import config
+
+        return check_mysqldump_options(value)
 
 
 class SqliteSource(SourceBase):
