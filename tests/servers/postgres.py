@@ -32,6 +32,7 @@ BIN = Path("/usr/lib/postgresql/15/bin")
 FIELD = "\x1f"
 RECORD = "\x1e"
 NULL = "<<NULL>>"
+SECTION = "\x1d"
 
 
 def quote_ident(name: str) -> str:
@@ -72,7 +73,23 @@ class PostgresServer:
 
     def query(self, db: str, sql: str) -> list[tuple[str | None, ...]]:
         """Rows of one statement, as text (NULL as None)."""
-        out = self.psql(sql, db=db)
+        return self._rows(self.psql(sql, db=db))
+
+    def query_many(
+        self, db: str, queries: Mapping[str, str]
+    ) -> dict[str, list[tuple[str | None, ...]]]:
+        """Several statements' rows in one psql run (one connection), by name."""
+        script = "".join(f"\\echo {SECTION}{name}{SECTION}\n{sql.rstrip().rstrip(';')};\n"
+                         for name, sql in queries.items())
+        out = self.psql(script, db=db)
+        results: dict[str, list[tuple[str | None, ...]]] = {}
+        parts = out.split(SECTION)
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            results[name] = self._rows(body)
+        return results
+
+    @staticmethod
+    def _rows(out: str) -> list[tuple[str | None, ...]]:
         rows: list[tuple[str | None, ...]] = []
         for record in out.split(RECORD):
             record = record.strip("\n")
