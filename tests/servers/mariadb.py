@@ -29,6 +29,9 @@ from ._common import (
 )
 
 START_TIMEOUT = 60.0
+#: A test server needs no durability: small redo log, no flushes (less I/O, faster start).
+INNODB_OPTIONS = ["--innodb-log-file-size=16M", "--innodb-flush-method=nosync",
+                  "--innodb-doublewrite=0", "--innodb-flush-log-at-trx-commit=0"]
 
 
 def quote_ident(name: str) -> str:
@@ -132,15 +135,14 @@ def mariadb_server() -> Iterator[MariadbServer]:
     chown_tree(base, owner)
     run_or_fail(
         ["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--user={owner}",
-         "--auth-root-authentication-method=socket", "--skip-test-db"],
+         "--auth-root-authentication-method=socket", "--skip-test-db", *INNODB_OPTIONS],
         "mariadb-install-db",
     )
     port = free_port()
     argv = ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={socket_path}",
             f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={pid_file}",
             f"--log-error={log}", f"--tmpdir={tmp}", "--skip-name-resolve", "--skip-log-bin",
-            "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=64M",
-            "--event-scheduler=OFF"]
+            *INNODB_OPTIONS, "--innodb-buffer-pool-size=64M", "--event-scheduler=OFF"]
     if is_root():
         argv.append(f"--user={owner}")
     process = subprocess.Popen(
