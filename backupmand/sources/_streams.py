@@ -7,6 +7,8 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from .. import process
+
 
 async def peek(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes]]:
     """The first ``size`` bytes of ``chunks`` (fewer if it is shorter), and the whole stream."""
@@ -59,3 +61,8 @@ def write_private_file(path: Path, text: str) -> None:
             data = data[os.write(descriptor, data):]
     finally:
         os.close(descriptor)
+
+
+async def find_tool(*names: str) -> str:
+    """process.find_tool off the event loop (it searches PATH on disk)."""
+    return await asyncio.to_thread(process.find_tool, *names)

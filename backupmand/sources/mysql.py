@@ -51,7 +51,7 @@ from pathlib import Path
 from .. import process
 from ..config import MysqlSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
-from ._streams import peek, write_private_file
+from ._streams import find_tool, peek, write_private_file
 from .base import Source, TailCheck
 from .options import check_mysqldump_options
 
@@ -157,7 +157,7 @@ class MysqlDatabase(Source[MysqlSource]):
             argv.append(f"--database={database}")
         argv += ["--execute", sql]
         result = await process.run(
-            self.command(process.find_tool(*CLIENT_TOOLS), option_file, *argv),
+            self.command(await find_tool(*CLIENT_TOOLS), option_file, *argv),
             timeout=time_limit,
         )
         text = result.stdout.decode("utf-8", "replace")
@@ -182,7 +182,7 @@ class MysqlDatabase(Source[MysqlSource]):
         except ValueError as error:
             raise DumpError(f"invalid options: {error}") from None
         try:
-            tool = process.find_tool(*DUMP_TOOLS)
+            tool = await find_tool(*DUMP_TOOLS)
         except ProcessError as error:
             raise DumpError(str(error)) from None
         tail = TailCheck()
@@ -210,7 +210,7 @@ class MysqlDatabase(Source[MysqlSource]):
         """``SELECT 1`` with the client (``mariadb-admin ping`` answers 0 even when
         the password is refused, so it cannot tell bad credentials)."""
         try:
-            tool = process.find_tool(*CLIENT_TOOLS)
+            tool = await find_tool(*CLIENT_TOOLS)
             folder = await asyncio.to_thread(_private_folder)
             try:
                 async with self.option_file(folder, tool) as option_file:
@@ -234,7 +234,7 @@ class MysqlDatabase(Source[MysqlSource]):
         if not head:
             raise RestoreError("the backup holds an empty dump: nothing to restore")
         try:
-            client = process.find_tool(*CLIENT_TOOLS)
+            client = await find_tool(*CLIENT_TOOLS)
         except ProcessError as error:
             raise RestoreError(str(error)) from None
         async with self.option_file(workdir, client) as option_file:

@@ -46,7 +46,7 @@ from .. import process
 from ..config import PostgresSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ..files import read_file
-from ._streams import peek, write_chunks
+from ._streams import find_tool, peek, write_chunks
 from .base import Source, TailCheck
 from .options import check_pg_dump_options
 
@@ -139,7 +139,7 @@ class PostgresDatabase(Source[PostgresSource]):
     async def admin_query(self, sql: str, *, database: str, variables: Mapping[str, str],
                           time_limit: float = ADMIN_TIMEOUT) -> str:
         """Run ``sql`` through psql's stdin (``:'var'`` / ``:"var"`` interpolation); stdout."""
-        argv = [process.find_tool("psql"), "-X", "-w", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        argv = [await find_tool("psql"), "-X", "-w", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                 f"--dbname={conninfo_dbname(database)}"]
         for key, value in variables.items():
             argv += ["-v", f"{key}={value}"]
@@ -156,7 +156,7 @@ class PostgresDatabase(Source[PostgresSource]):
         except ValueError as error:
             raise DumpError(f"invalid options: {error}") from None
         try:
-            tool = process.find_tool("pg_dump")
+            tool = await find_tool("pg_dump")
         except ProcessError as error:
             raise DumpError(str(error)) from None
         base = [tool, "--no-password", f"--dbname={conninfo_dbname(self.config.db_name)}"]
@@ -191,7 +191,7 @@ class PostgresDatabase(Source[PostgresSource]):
                 )
                 # Reads the whole table of contents: a truncated or foreign file fails.
                 await process.run(
-                    self.command(process.find_tool("pg_restore"), "--list", str(archive)),
+                    self.command(await find_tool("pg_restore"), "--list", str(archive)),
                     timeout=max(deadline - time.monotonic(), 30.0), stdout_limit=0,
                 )
             except ProcessError as error:
@@ -207,7 +207,7 @@ class PostgresDatabase(Source[PostgresSource]):
     async def health(self) -> None:
         """``SELECT 1`` through psql: proves the server is up *and* the credentials work."""
         try:
-            psql = process.find_tool("psql")
+            psql = await find_tool("psql")
             result = await process.run(
                 self.command(
                     psql, "-X", "-w", "-q", "-A", "-t",
@@ -283,7 +283,7 @@ class PostgresDatabase(Source[PostgresSource]):
         try:
             await process.run(
                 self.command(
-                    process.find_tool("psql"), "-X", "-w", "-q", "-v", "ON_ERROR_STOP=1",
+                    await find_tool("psql"), "-X", "-w", "-q", "-v", "ON_ERROR_STOP=1",
                     "--single-transaction", "-f", "-", f"--dbname={conninfo_dbname(target)}",
                 ),
                 timeout=self.config.timeout, input_chunks=stream, stdout_limit=0,
@@ -298,7 +298,7 @@ class PostgresDatabase(Source[PostgresSource]):
             await write_chunks(stream, archive)
             await process.run(
                 self.command(
-                    process.find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
+                    await find_tool("pg_restore"), "--exit-on-error", "--single-transaction",
                     "--no-password", f"--dbname={conninfo_dbname(target)}", str(archive),
                 ),
                 timeout=self.config.timeout, stdout_limit=0,
