@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from backupmand.catalog import Catalog
 from backupmand.config import MysqlSource, Settings
@@ -352,13 +353,28 @@ async def test_server_down(mariadb_server: MariadbServer, tmp_path: Path) -> Non
         await source.health()
 
 
-async def test_tls_required_but_not_offered(mariadb_server: MariadbServer, app_db: str,
-                                            tmp_path: Path) -> None:
-    source = my_source(mariadb_server, app_db, tmp_path, tls=True)
-    with pytest.raises(DumpError, match="not encrypted"):
-        await dump_bytes(source, tmp_path / "work")
-    with pytest.raises(HealthError, match="not encrypted"):
-        await source.health()
+async def test_tls(mariadb_server: MariadbServer, app_db: str, tmp_path: Path) -> None:
+    # Verified against the server's CA: the dump works, the session is encrypted.
+    verified = my_source(mariadb_server, app_db, tmp_path, tls=True,
+                         ca_file=str(mariadb_server.ca_file))
+    await verified.health()
+    assert b"-- Dump completed" in (await dump_bytes(verified, tmp_path / "work"))[-200:]
+    async with verified.option_file(tmp_path, "mariadb") as option_file:
+        rows = await verified.client(option_file, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    assert rows[0][1]
+
+    # Encrypted without a CA to check against (like sslmode=require).
+    unverified = my_source(mariadb_server, app_db, tmp_path, tls=True)
+    await unverified.health()
+
+    # A certificate from another CA is refused.
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    wrong = my_source(mariadb_server, app_db, tmp_path, tls=True, ca_file=str(other))
+    with pytest.raises(DumpError, match=r"(?i)certificate|TLS/SSL error"):
+        await dump_bytes(wrong, tmp_path / "work")
+    with pytest.raises(HealthError, match=r"(?i)certificate|TLS/SSL error"):
+        await wrong.health()
 
 
 async def test_tools_missing(mariadb_server: MariadbServer, app_db: str, tmp_path: Path,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from backupmand.catalog import Catalog
 from backupmand.config import PostgresSource, Settings
@@ -27,7 +28,7 @@ from tests.backup_helpers import (
     proc_cmdlines,
     store_backup,
 )
-from tests.servers._common import free_port
+from tests.servers._common import chown_tree, free_port, server_user
 from tests.servers.postgres import PostgresServer, quote_ident
 
 SCHEMA = r"""
@@ -420,11 +421,59 @@ async def test_server_down(postgres_server: PostgresServer, tmp_path: Path) -> N
         await source.restore(one(), database=None, force=False, workdir=tmp_path)
 
 
-async def test_tls_required_but_not_offered(postgres_server: PostgresServer, app_db: str,
-                                            tmp_path: Path) -> None:
-    source = pg_source(postgres_server, app_db, tmp_path, tls=True)
+def wait_for_setting(server: PostgresServer, name: str, value: str) -> None:
+    """pg_reload_conf() only signals the postmaster: wait until new sessions see ``value``."""
+    deadline = time.monotonic() + 30
+    while server.scalar("postgres", f"SHOW {name}") != value:
+        assert time.monotonic() < deadline, f"{name} never became {value}"
+        time.sleep(0.02)
+
+
+async def test_tls(postgres_server: PostgresServer, app_db: str, tmp_path: Path) -> None:
+    required = pg_source(postgres_server, app_db, tmp_path, tls=True)
     with pytest.raises(DumpError, match="server does not support SSL"):
-        await dump_bytes(source, tmp_path / "work")
+        await dump_bytes(required, tmp_path / "work")
+    with pytest.raises(HealthError, match="server does not support SSL"):
+        await required.health()
+
+    # Turn TLS on (a reload is enough), with a certificate for 127.0.0.1 from a test CA.
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    folder = postgres_server.data_dir.parent
+    cert_file, key_file = folder / "server.crt", folder / "server.key"
+    certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
+    chown_tree(folder, server_user("postgres"))
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    postgres_server.psql(
+        "ALTER SYSTEM SET ssl_cert_file = :'cert'; ALTER SYSTEM SET ssl_key_file = :'key';"
+        "ALTER SYSTEM SET ssl = on; SELECT pg_reload_conf();",
+        variables={"cert": str(cert_file), "key": str(key_file)},
+    )
+    try:
+        wait_for_setting(postgres_server, "ssl", "on")
+        verified = pg_source(postgres_server, app_db, tmp_path, tls=True, ca_file=str(ca_file),
+                             ssl_mode="verify-full")
+        await verified.health()
+        raw = await dump_bytes(verified, tmp_path / "work")
+        assert b"-- PostgreSQL database dump complete" in raw[-300:]
+        encrypted = await verified.admin_query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();", database=app_db,
+            variables={})
+        assert encrypted == "t"
+        await required.health()  # require: encrypted, certificate not checked
+
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        wrong = pg_source(postgres_server, app_db, tmp_path, tls=True, ca_file=str(other))
+        with pytest.raises(DumpError, match="certificate verify failed"):
+            await dump_bytes(wrong, tmp_path / "work")
+    finally:
+        postgres_server.psql("ALTER SYSTEM RESET ssl; ALTER SYSTEM RESET ssl_cert_file;"
+                             "ALTER SYSTEM RESET ssl_key_file; SELECT pg_reload_conf();")
+        wait_for_setting(postgres_server, "ssl", "off")
 
 
 async def test_tools_missing(postgres_server: PostgresServer, app_db: str, tmp_path: Path,

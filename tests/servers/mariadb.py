@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from ._common import (
     chown_tree,
@@ -55,6 +56,7 @@ class MariadbServer:
     data_dir: Path
     log_file: Path
     socket_user: str
+    ca_file: Path  # the CA that signed the server's TLS certificate (for 127.0.0.1)
     process: subprocess.Popen[bytes] = dataclasses.field(repr=False, compare=False)
 
     # ------------------------------------------------------------------ helpers
@@ -132,6 +134,14 @@ def mariadb_server() -> Iterator[MariadbServer]:
     socket_path, pid_file = base / "mysqld.sock", base / "mysqld.pid"
     data.mkdir()
     tmp.mkdir()
+    # TLS is offered (clients use it only when asked): a throwaway CA and certificate.
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert_file, key_file = base / "ca.pem", base / "server.pem", base / "server.key"
+    authority.cert_pem.write_to_path(str(ca_file))
+    certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+    certificate.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
     chown_tree(base, owner)
     run_or_fail(
         ["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--user={owner}",
@@ -142,7 +152,8 @@ def mariadb_server() -> Iterator[MariadbServer]:
     argv = ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={socket_path}",
             f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={pid_file}",
             f"--log-error={log}", f"--tmpdir={tmp}", "--skip-name-resolve", "--skip-log-bin",
-            *INNODB_OPTIONS, "--innodb-buffer-pool-size=64M", "--event-scheduler=OFF"]
+            *INNODB_OPTIONS, "--innodb-buffer-pool-size=64M", "--event-scheduler=OFF",
+            f"--ssl-ca={ca_file}", f"--ssl-cert={cert_file}", f"--ssl-key={key_file}"]
     if is_root():
         argv.append(f"--user={owner}")
     process = subprocess.Popen(
@@ -162,7 +173,8 @@ def mariadb_server() -> Iterator[MariadbServer]:
     password = "admin-" + secrets.token_hex(8)
     server = MariadbServer(
         host="127.0.0.1", port=port, superuser="admin", password=password, socket=socket_path,
-        socket_dir=base, data_dir=data, log_file=log, socket_user=socket_user, process=process,
+        socket_dir=base, data_dir=data, log_file=log, socket_user=socket_user, ca_file=ca_file,
+        process=process,
     )
     try:
         server.create_user("admin", password)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backupmand.config import MysqlSource, PostgresSource, parse_settings
-from backupmand.errors import ConfigError, DumpError
+from backupmand.errors import ConfigError, DumpError, HealthError
 from backupmand.sources.mysql import MysqlDatabase, option_value
 from backupmand.sources.options import check_mysqldump_options, check_pg_dump_options
 from backupmand.sources.postgres import PostgresDatabase, conninfo_dbname
@@ -149,3 +149,15 @@ async def test_secrets_in_tool_errors_are_redacted(fake_bin: Path, tmp_path: Pat
         await collect(mysql, tmp_path)
     assert secret not in str(caught_mysql.value)
     assert 'password="********"' in str(caught_mysql.value)
+
+
+async def test_mysql_tls_refuses_an_unencrypted_session(fake_bin: Path, tmp_path: Path) -> None:
+    """A MariaDB client asked for --ssl may fall back to plain text: it is caught."""
+    version = 'test "$1" = --version && echo "Ver 10.19 Distrib 10.11.19-MariaDB" && exit 0\n'
+    fake_tool(fake_bin, "mariadb", version + "printf 'Ssl_cipher\\t\\n'\n")
+    fake_tool(fake_bin, "mariadb-dump", version + "exit 7\n")
+    source = MysqlDatabase(MysqlSource(provider="mysql", label="m", db_name="x", tls=True))
+    with pytest.raises(DumpError, match=r"tls is true but the connection .* is not encrypted"):
+        await collect(source, tmp_path)
+    with pytest.raises(HealthError, match="not encrypted"):
+        await source.health()
