@@ -36,7 +36,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -150,20 +150,23 @@ async def _restore_from(
                  origin=origin.description, size=backup.size)
         what = (f"backup {backup.id} of {backup.label!r} ({rfc3339(backup.created_at)}) "
                 f"from {origin.description}")
-        if source is not None:
-            workdir = scratch / "work"
-            await asyncio.to_thread(workdir.mkdir, mode=0o700)
-            target = await source.restore(
-                _plain_blocks(downloaded, backup.compression), database=database, force=force,
-                workdir=workdir,
-            )
-            log.info("restore.loaded", backup_id=backup.id, label=backup.label, target=target)
-            return f"{what} restored into {target}"
-        assert final is not None
-        kind = await _write_file(_plain_blocks(downloaded, backup.compression), scratch, final,
-                                 force)
-        log.info("restore.written", backup_id=backup.id, label=backup.label, path=str(final))
-        return f"{what} written to {final} ({kind})"
+        blocks = _plain_blocks(downloaded, backup.compression)
+        try:
+            if source is not None:
+                workdir = scratch / "work"
+                await asyncio.to_thread(workdir.mkdir, mode=0o700)
+                target = await source.restore(blocks, database=database, force=force,
+                                              workdir=workdir)
+                log.info("restore.loaded", backup_id=backup.id, label=backup.label,
+                         target=target)
+                return f"{what} restored into {target}"
+            assert final is not None
+            kind = await _write_file(blocks, scratch, final, force)
+            log.info("restore.written", backup_id=backup.id, label=backup.label,
+                     path=str(final))
+            return f"{what} written to {final} ({kind})"
+        finally:
+            await blocks.aclose()  # a loader that stopped early leaves no open file behind
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
 
@@ -294,7 +297,7 @@ def _reader(path: Path, compression: str) -> tuple[IO[bytes], _Readable]:
     return raw, reader
 
 
-async def _plain_blocks(path: Path, compression: str) -> AsyncIterator[bytes]:
+async def _plain_blocks(path: Path, compression: str) -> AsyncGenerator[bytes, None]:
     """The verified file, decompressed, in blocks of at most 1 MiB."""
     raw, reader = await asyncio.to_thread(_reader, path, compression)
     try:
