@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -127,10 +128,10 @@ class PostgresSource(SourceBase):
 
     @field_validator("options")
     @classmethod
-    def _options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _options(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         from .sources.options import check_pg_dump_options  # late: sources import config
 
-        return check_pg_dump_options(value)
+        return check_pg_dump_options(value, custom=info.data.get("format") == "custom")
 
 
 class MysqlSource(SourceBase):

@@ -5,8 +5,9 @@ shell — after backupmand's own arguments. Some would break the promises of a b
 and are refused, at config validation and again before a dump:
 
 - anything that sends the output elsewhere or changes its format (pg_dump ``-f``,
-  ``-F``, ``-j``, ``-Z``; mysqldump ``--result-file``, ``--tab``, ``--xml``), since
-  backupmand reads the dump from the tool's stdout and checks its trailer;
+  ``-F``, ``-j``, and ``--compress`` for plain dumps; mysqldump ``--result-file``,
+  ``--tab``, ``--xml``), since backupmand reads the dump from the tool's stdout and
+  checks its trailer;
 - anything that changes where the tool connects or which credentials it uses
   (host, port, user, password, database, option files): those come from the config;
 - anything that ties the dump to its original database name (pg_dump ``-C``,
@@ -31,8 +32,8 @@ from collections.abc import Iterable
 _PG_SHORT_WITH_VALUE = frozenset("deEfFhjnNpStTUZ")
 _PG_REFUSED_SHORT = frozenset("CdfFhjpUWVZ?")
 _PG_REFUSED_LONG = (
-    "file", "format", "jobs", "compress", "dbname", "host", "port", "username", "password",
-    "create", "version", "help",
+    "file", "format", "jobs", "dbname", "host", "port", "username", "password", "create",
+    "version", "help",
 )
 
 # mysqldump / mariadb-dump.
@@ -93,10 +94,14 @@ def _check(
     return tuple(checked)
 
 
-def check_pg_dump_options(options: Iterable[str]) -> tuple[str, ...]:
-    """Return ``options`` when pg_dump may get them; ValueError naming the first bad one."""
+def check_pg_dump_options(options: Iterable[str], *, custom: bool = False) -> tuple[str, ...]:
+    """Return ``options`` when pg_dump may get them; ValueError naming the first bad one.
+
+    ``--compress`` is allowed for the custom format only (it would gzip a plain dump).
+    """
+    refused = _PG_REFUSED_LONG if custom else (*_PG_REFUSED_LONG, "compress")
     return _check(options, tool="pg_dump", short_with_value=_PG_SHORT_WITH_VALUE,
-                  refused_short=_PG_REFUSED_SHORT, refused_long=_PG_REFUSED_LONG, mysql=False)
+                  refused_short=_PG_REFUSED_SHORT, refused_long=refused, mysql=False)
 
 
 def check_mysqldump_options(options: Iterable[str]) -> tuple[str, ...]:

@@ -17,7 +17,9 @@ Dumps
     pg_dump's end-of-dump trailer. ``format: custom`` has pg_dump write its archive
     into the private work folder (a seekable file, which pg_restore needs for a
     selective or parallel restore), checks it with ``pg_restore --list``, then hands
-    it on; its extension is ``.dump``. ``options`` add pg_dump arguments (see
+    it on; its extension is ``.dump``. pg_dump's own compression is off
+    (``--compress=0``), as the pipeline compresses the archive anyway; add
+    ``--compress=N`` to ``options`` to have it back. ``options`` add pg_dump arguments (see
     ``sources/options.py`` for what is refused); ``--no-owner`` / ``--no-privileges``
     there make dumps restorable by a user who does not own the original objects.
 
@@ -152,7 +154,8 @@ class PostgresDatabase(Source[PostgresSource]):
 
     async def dump(self, workdir: Path) -> AsyncIterator[bytes]:
         try:
-            options = check_pg_dump_options(self.config.options)
+            options = check_pg_dump_options(self.config.options,
+                                            custom=self.config.format == "custom")
         except ValueError as error:
             raise DumpError(f"invalid options: {error}") from None
         try:
@@ -185,8 +188,11 @@ class PostgresDatabase(Source[PostgresSource]):
         deadline = time.monotonic() + self.config.timeout
         try:
             try:
+                # The pipeline compresses the archive anyway: pg_dump's own (slow) zlib
+                # compression is off unless the options ask for it (--compress=N, last wins).
                 await process.run(
-                    self.command(*base, "--format=custom", f"--file={archive}", *options),
+                    self.command(*base, "--format=custom", "--compress=0", f"--file={archive}",
+                                 *options),
                     timeout=self.config.timeout, stdout_limit=0,
                 )
                 # Reads the whole table of contents: a truncated or foreign file fails.

@@ -56,6 +56,18 @@ def test_mysqldump_options_refused(option: str) -> None:
         check_mysqldump_options([option])
 
 
+def test_pg_dump_compress_only_for_custom_archives() -> None:
+    with pytest.raises(ValueError, match="--compress is not allowed"):
+        check_pg_dump_options(["--compress=6"])
+    assert check_pg_dump_options(["--compress=6"], custom=True) == ("--compress=6",)
+    with pytest.raises(ValueError, match="long form"):
+        check_pg_dump_options(["-Z6"], custom=True)
+    PostgresSource(provider="postgres", label="p", db_name="x", format="custom",
+                   options=("--compress=6",))
+    with pytest.raises(ValueError, match="--compress is not allowed"):
+        PostgresSource(provider="postgres", label="p", db_name="x", options=("--compress=6",))
+
+
 def test_refused_options_are_config_errors_with_their_key_path() -> None:
     text = """
 data_sources:
