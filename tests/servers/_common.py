@@ -64,12 +64,11 @@ def as_user(owner: str, argv: Sequence[str]) -> list[str]:
 
 
 def run_or_fail(argv: Sequence[str], what: str, *, log: Path | None = None,
-                timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a setup step; a failure fails the test session (it is never a skip)."""
     try:
         result = subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, check=False,
-            **kwargs,  # type: ignore[call-overload]
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         pytest.fail(f"{what}: {error}", pytrace=False)
