@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,6 +56,15 @@ def _label_ok(value: str) -> str:
         raise ValueError("must not be empty")
     if any(ch in value for ch in "/\\\0\n\r"):
         raise ValueError("must not contain slashes, NUL or line breaks")
+    return value
+
+
+def _identifier_ok(value: str) -> str:
+    """A database or user name: passed to the tools as one argument or option-file value."""
+    if not value:
+        raise ValueError("must not be empty")
+    if any(ch in value for ch in "\0\n\r"):
+        raise ValueError("must not contain NUL or line breaks")
     return value
 
 
@@ -112,6 +122,18 @@ class PostgresSource(SourceBase):
     format: Literal["plain", "custom"] = "plain"
     options: tuple[str, ...] = ()
 
+    @field_validator("db_name", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _identifier_ok(value)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        from .sources.options import check_pg_dump_options  # late: sources import config
+
+        return check_pg_dump_options(value, custom=info.data.get("format") == "custom")
+
 
 class MysqlSource(SourceBase):
     provider: Literal["mysql", "mariadb"]
@@ -123,6 +145,18 @@ class MysqlSource(SourceBase):
     tls: bool = False
     ca_file: Path | None = None
     options: tuple[str, ...] = ()
+
+    @field_validator("db_name", "user")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _identifier_ok(value)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .sources.options import check_mysqldump_options  # late: sources import config
+
+        return check_mysqldump_options(value)
 
 
 class SqliteSource(SourceBase):

@@ -15,6 +15,8 @@ from backupmand.runtime import Runtime
 from tests.helpers import base_config, write_config
 
 pytest_plugins = [
+    "tests.servers.mariadb",
+    "tests.servers.postgres",
     "tests.servers.smtp",
     "tests.servers.webhook",
 ]

@@ -1,0 +1,393 @@
+"""MySQL/MariaDB source against a real MariaDB 10.11: dumps, restores, failures, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from backupmand.catalog import Catalog
+from backupmand.config import MysqlSource, Settings
+from backupmand.errors import DumpError, HealthError, RestoreError
+from backupmand.restore import restore_backup
+from backupmand.sources import build_source
+from backupmand.sources.mysql import MysqlDatabase
+from tests.backup_helpers import (
+    AWKWARD_PASSWORD,
+    dump_bytes,
+    make_settings,
+    pids_running,
+    proc_cmdlines,
+    store_backup,
+)
+from tests.servers._common import free_port
+from tests.servers.mariadb import MariadbServer, quote_ident, quote_literal
+
+SCHEMA = r"""
+CREATE TABLE items (
+    id       INT AUTO_INCREMENT PRIMARY KEY,
+    name     VARCHAR(200) NOT NULL,
+    note     TEXT,
+    data     BLOB,
+    price    DECIMAL(20, 6),
+    doubled  DECIMAL(21, 6) AS (price * 2) STORED,
+    name_len INT AS (CHAR_LENGTH(name)) VIRTUAL,
+    created  DATETIME(6) DEFAULT '2025-01-01 00:00:00.000000',
+    KEY by_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+CREATE TABLE audit (
+    id      BIGINT AUTO_INCREMENT PRIMARY KEY,
+    item_id INT NOT NULL,
+    action  VARCHAR(20) NOT NULL,
+    CONSTRAINT audit_item FOREIGN KEY (item_id) REFERENCES items (id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE latin (id INT PRIMARY KEY, t VARCHAR(20)) DEFAULT CHARSET=latin1;
+CREATE TRIGGER items_ai AFTER INSERT ON items FOR EACH ROW
+    INSERT INTO audit (item_id, action) VALUES (NEW.id, 'insert');
+DELIMITER //
+CREATE PROCEDURE add_item(IN p_name VARCHAR(200))
+BEGIN
+    INSERT INTO items (name, note) VALUES (p_name, 'via procedure');
+END //
+CREATE FUNCTION shout(s VARCHAR(100)) RETURNS VARCHAR(110) DETERMINISTIC
+    RETURN CONCAT(UPPER(s), '!') //
+DELIMITER ;
+CREATE EVENT purge_audit ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00'
+    DO DELETE FROM audit WHERE id < 0;
+CREATE VIEW item_view AS SELECT id, shout(name) AS loud, doubled FROM items;
+
+INSERT INTO items (name, note, data, price) VALUES
+    ('Zoë 🙂🎉 ünïcödé', 'back\\slash and \'single\' and "double" and tab\t and nl\n and \\n',
+     X'00FF5C0D0A1A27225C30', 12345678901234.123456),
+    ('empty', '', X'', -0.000001),
+    ('nulls', NULL, NULL, NULL);
+INSERT INTO items (name, data, price)
+    SELECT CONCAT('bulk ', seq), UNHEX(SHA2(seq, 256)), seq / 3 FROM seq_1_to_400;
+DELETE FROM items WHERE id % 7 = 0 AND id > 3;
+INSERT INTO latin VALUES (1, 'café'), (2, 'naïve');
+"""
+
+
+def normalise(value: str, db: str) -> str:
+    return value.replace(quote_ident(db), "`DB`").replace(db, "DB")
+
+
+def snapshot(server: MariadbServer, db: str) -> dict[str, Any]:
+    """Every row, AUTO_INCREMENT value and object of ``db`` (its own name left out)."""
+    literal = quote_literal(db)
+    tables = server.query(None, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE "
+                                f"TABLE_SCHEMA = {literal} AND TABLE_TYPE = 'BASE TABLE' "
+                                "ORDER BY 1")
+    state: dict[str, Any] = {"tables": tables}
+    for (table,) in tables:
+        state[f"rows {table}"] = server.query(db, f"SELECT * FROM {quote_ident(table)} "
+                                                  "ORDER BY 1")
+        state[f"hex {table}"] = server.query(
+            db, f"SELECT MD5(GROUP_CONCAT(HEX(t.data) ORDER BY id)) FROM "
+                f"{quote_ident(table)} t") if table == "items" else None
+    queries = {
+        "auto_increment": "SELECT TABLE_NAME, AUTO_INCREMENT, TABLE_COLLATION FROM "
+                          "information_schema.TABLES WHERE TABLE_SCHEMA = {db} ORDER BY 1",
+        "columns": "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, "
+                   "EXTRA, GENERATION_EXPRESSION, CHARACTER_SET_NAME FROM "
+                   "information_schema.COLUMNS WHERE TABLE_SCHEMA = {db} ORDER BY 1, "
+                   "ORDINAL_POSITION",
+        "routines": "SELECT ROUTINE_NAME, ROUTINE_TYPE, ROUTINE_DEFINITION, DEFINER FROM "
+                    "information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {db} ORDER BY 1",
+        "triggers": "SELECT TRIGGER_NAME, EVENT_MANIPULATION, ACTION_TIMING, ACTION_STATEMENT "
+                    "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {db} ORDER BY 1",
+        "events": "SELECT EVENT_NAME, EVENT_DEFINITION, INTERVAL_VALUE, INTERVAL_FIELD, STARTS, "
+                  "STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {db} ORDER BY 1",
+        "views": "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE "
+                 "TABLE_SCHEMA = {db} ORDER BY 1",
+        "constraints": "SELECT CONSTRAINT_NAME, TABLE_NAME, REFERENCED_TABLE_NAME, DELETE_RULE "
+                       "FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE "
+                       "CONSTRAINT_SCHEMA = {db} ORDER BY 1",
+    }
+    for name, sql in queries.items():
+        rows = server.query(None, sql.format(db=literal))
+        state[name] = [tuple(normalise(field, db) for field in row) for row in rows]
+    assert len(state["rows items"]) > 300
+    return state
+
+
+@pytest.fixture(scope="module")
+def app_db(mariadb_server: MariadbServer) -> Iterator[str]:
+    name = "app-db $x"  # needs quoting
+    mariadb_server.create_database(name)
+    mariadb_server.sql(SCHEMA, db=name)
+    yield name
+    mariadb_server.drop_database(name)
+
+
+@pytest.fixture
+async def catalog() -> AsyncIterator[Catalog]:
+    async with Catalog.open("memory") as opened:
+        yield opened
+
+
+def settings_for(server: MariadbServer, db: str, tmp: Path, **overrides: Any) -> Settings:
+    return make_settings(
+        sources=[server.source(db, tmp / "tmp", label="my", **overrides)],
+        drives=[{"provider": "local", "label": "Local", "folder": str(tmp / "drive")}],
+    )
+
+
+def my_source(server: MariadbServer, db: str, tmp: Path, **overrides: Any) -> MysqlDatabase:
+    source = build_source(MysqlSource.model_validate(server.source(db, tmp / "tmp", **overrides)))
+    assert isinstance(source, MysqlDatabase)
+    return source
+
+
+async def backup_of(catalog: Catalog, settings: Settings, tmp: Path,
+                    compression: str = "zstd") -> tuple[str, bytes]:
+    source = build_source(settings.source("my"))
+    raw = await dump_bytes(source, tmp / "work")
+    backup = await store_backup(
+        catalog, settings, label="my", provider="mariadb", extension=source.extension,
+        data=raw, drive_label="Local", staging=tmp / "staging", compression=compression,
+    )
+    return backup.id, raw
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+async def test_round_trip(mariadb_server: MariadbServer, app_db: str, catalog: Catalog,
+                          tmp_path: Path) -> None:
+    settings = settings_for(mariadb_server, app_db, tmp_path)
+    backup_id, raw = await backup_of(catalog, settings, tmp_path)
+    assert b"-- Dump completed" in raw[-200:]
+    assert b"CREATE DATABASE" not in raw and b"\nUSE " not in raw
+    assert not list((tmp_path / "work").iterdir())  # the option file is gone
+    target = "restored `db`"
+    try:
+        description = await restore_backup(settings, catalog, backup_id, to_source="my",
+                                           database=target)
+        assert repr(target) in description
+        assert snapshot(mariadb_server, target) == snapshot(mariadb_server, app_db)
+        # The procedure, the trigger and AUTO_INCREMENT carry on where the source stopped.
+        mariadb_server.sql("CALL add_item('after restore');", db=target)
+        next_id = mariadb_server.scalar(
+            None, "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+                  f"{quote_literal(app_db)} AND TABLE_NAME = 'items'")
+        assert mariadb_server.query(
+            target, "SELECT i.id, a.action FROM items i JOIN audit a ON a.item_id = i.id "
+                    "WHERE i.name = 'after restore'") == [(next_id, "insert")]
+        assert mariadb_server.scalar(target, "SELECT loud FROM item_view WHERE id = 2") == (
+            "EMPTY!")
+    finally:
+        mariadb_server.drop_database(target)
+
+
+async def test_restore_refuses_a_non_empty_database_unless_forced(
+    mariadb_server: MariadbServer, app_db: str, catalog: Catalog, tmp_path: Path
+) -> None:
+    settings = settings_for(mariadb_server, app_db, tmp_path)
+    backup_id, _ = await backup_of(catalog, settings, tmp_path, compression="gzip")
+    target = "busy"
+    mariadb_server.create_database(target)
+    try:
+        mariadb_server.sql("CREATE TABLE keep (x INT); INSERT INTO keep VALUES (42);", db=target)
+        with pytest.raises(RestoreError, match=r"is not empty .*--force"):
+            await restore_backup(settings, catalog, backup_id, to_source="my", database=target)
+        assert mariadb_server.scalar(target, "SELECT x FROM keep") == "42"
+        await restore_backup(settings, catalog, backup_id, to_source="my", database=target,
+                             force=True)
+        assert snapshot(mariadb_server, target) == snapshot(mariadb_server, app_db)
+    finally:
+        mariadb_server.drop_database(target)
+
+
+async def test_failing_restore_raises_and_drops_what_it_created(
+    mariadb_server: MariadbServer, app_db: str, catalog: Catalog, tmp_path: Path
+) -> None:
+    settings = settings_for(mariadb_server, app_db, tmp_path)
+    raw = await dump_bytes(build_source(settings.source("my")), tmp_path / "work")
+    cut = raw.index(b"CREATE TABLE `items`")
+    corrupt = raw[:cut] + b"INSERT INTO no_such_table VALUES (1);\n" + raw[cut:]
+    backup = await store_backup(catalog, settings, label="my", provider="mysql",
+                                extension=".sql", data=corrupt, drive_label="Local",
+                                staging=tmp_path / "staging")
+    target = "never restored"
+    with pytest.raises(RestoreError, match="no_such_table") as caught:
+        await restore_backup(settings, catalog, backup.id, to_source="my", database=target)
+    assert "dropped again" in str(caught.value)
+    assert not mariadb_server.database_exists(target)
+
+    # A pre-existing empty database is not dropped; the client stopped at the error.
+    mariadb_server.create_database(target)
+    try:
+        with pytest.raises(RestoreError, match="no_such_table"):
+            await restore_backup(settings, catalog, backup.id, to_source="my", database=target)
+        assert mariadb_server.database_exists(target)
+        assert mariadb_server.query(
+            None, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+                  f"{quote_literal(target)} AND TABLE_NAME = 'items'") == []
+    finally:
+        mariadb_server.drop_database(target)
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+@pytest.fixture(scope="module")
+def awkward_user(mariadb_server: MariadbServer) -> str:
+    name = "odd user"
+    mariadb_server.create_user(name, AWKWARD_PASSWORD)
+    return name
+
+
+async def test_awkward_password_works_everywhere(
+    mariadb_server: MariadbServer, app_db: str, awkward_user: str, catalog: Catalog,
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(mariadb_server, app_db, tmp_path, user=awkward_user,
+                            password=AWKWARD_PASSWORD)
+    await build_source(settings.source("my")).health()
+    backup_id, _ = await backup_of(catalog, settings, tmp_path)
+    target = "restored by odd user"
+    try:
+        await restore_backup(settings, catalog, backup_id, to_source="my", database=target)
+        assert snapshot(mariadb_server, target) == snapshot(mariadb_server, app_db)
+    finally:
+        mariadb_server.drop_database(target)
+
+
+@contextlib.asynccontextmanager
+async def table_locked(server: MariadbServer, db: str, table: str) -> AsyncIterator[None]:
+    """Hold LOCK TABLES ... WRITE on ``table`` in another session until exit."""
+    locker = await asyncio.create_subprocess_exec(
+        *server.client_argv(db), "--unbuffered",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    assert locker.stdin is not None and locker.stdout is not None
+    locker.stdin.write(f"LOCK TABLES {quote_ident(table)} WRITE; SELECT 'locked';\n".encode())
+    await locker.stdin.drain()
+    assert (await asyncio.wait_for(locker.stdout.readline(), 30)).strip() == b"locked"
+    try:
+        yield
+    finally:
+        locker.stdin.close()
+        await locker.wait()
+
+
+async def wait_for_pids(name: str, needle: bytes, deadline: float = 30.0) -> list[int]:
+    """The process has no way to announce itself: look for it in /proc until it shows."""
+    limit = time.monotonic() + deadline
+    while not (pids := pids_running(name, needle)):
+        assert time.monotonic() < limit, f"{name} never started"
+        await asyncio.sleep(0.02)
+    return pids
+
+
+async def test_dump_timeout_and_no_password_in_argv(
+    mariadb_server: MariadbServer, app_db: str, awkward_user: str, tmp_path: Path
+) -> None:
+    source = my_source(mariadb_server, app_db, tmp_path, user=awkward_user,
+                       password=AWKWARD_PASSWORD, timeout=1.5)
+    work = tmp_path / "work"
+    async with table_locked(mariadb_server, app_db, "items"):
+        task = asyncio.create_task(dump_bytes(source, work))
+        await wait_for_pids("mariadb-dump", app_db.encode())
+        for _pid, cmdline in proc_cmdlines():
+            assert AWKWARD_PASSWORD.encode() not in cmdline
+            assert b"with spaces" not in cmdline
+        # The credentials are in a private option file, for the dump's lifetime only.
+        option_files = list(work.glob("*.cnf"))
+        assert len(option_files) == 1
+        assert stat.S_IMODE(option_files[0].stat().st_mode) == 0o600
+        with pytest.raises(DumpError, match=r"timed out after 1\.5 s"):
+            await task
+    assert pids_running("mariadb-dump", app_db.encode()) == []
+    assert list(work.iterdir()) == []
+
+
+async def test_dump_killed_midway_fails(mariadb_server: MariadbServer, tmp_path: Path) -> None:
+    db = "big"
+    mariadb_server.create_database(db)
+    try:
+        mariadb_server.sql("CREATE TABLE big (id INT PRIMARY KEY, pad TEXT) "
+                           "SELECT seq AS id, REPEAT(MD5(seq), 32) AS pad FROM seq_1_to_24000;",
+                           db=db)
+        source = my_source(mariadb_server, db, tmp_path)
+        received = 0
+        with pytest.raises(DumpError, match="mariadb-dump was killed by SIGKILL") as caught:
+            async for chunk in source.dump(tmp_path):
+                if received == 0:
+                    for pid in pids_running("mariadb-dump", b"--\0big"):
+                        os.killpg(pid, signal.SIGKILL)
+                received += len(chunk)
+        assert 0 < received < 24000 * 1024
+        assert mariadb_server.password not in str(caught.value)
+    finally:
+        mariadb_server.drop_database(db)
+
+
+async def test_wrong_password(mariadb_server: MariadbServer, app_db: str,
+                              tmp_path: Path) -> None:
+    wrong = "not-the-password-" + "x" * 8
+    source = my_source(mariadb_server, app_db, tmp_path, password=wrong)
+    with pytest.raises(DumpError, match="Access denied") as caught:
+        await dump_bytes(source, tmp_path / "work")
+    assert wrong not in str(caught.value)
+    with pytest.raises(HealthError, match="Access denied") as health:
+        await source.health()
+    assert wrong not in str(health.value)
+
+
+async def test_server_down(mariadb_server: MariadbServer, tmp_path: Path) -> None:
+    source = my_source(mariadb_server, "app", tmp_path, port=free_port())
+    with pytest.raises(DumpError, match="Can't connect"):
+        await dump_bytes(source, tmp_path / "work")
+    with pytest.raises(HealthError, match="Can't connect"):
+        await source.health()
+
+
+async def test_tls(mariadb_server: MariadbServer, app_db: str, tmp_path: Path) -> None:
+    # Verified against the server's CA: the dump works, the session is encrypted.
+    verified = my_source(mariadb_server, app_db, tmp_path, tls=True,
+                         ca_file=str(mariadb_server.ca_file))
+    await verified.health()
+    assert b"-- Dump completed" in (await dump_bytes(verified, tmp_path / "work"))[-200:]
+    async with verified.option_file(tmp_path, "mariadb") as option_file:
+        rows = await verified.client(option_file, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    assert rows[0][1]
+
+    # Encrypted without a CA to check against (like sslmode=require).
+    unverified = my_source(mariadb_server, app_db, tmp_path, tls=True)
+    await unverified.health()
+
+    # A certificate from another CA is refused.
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    wrong = my_source(mariadb_server, app_db, tmp_path, tls=True, ca_file=str(other))
+    with pytest.raises(DumpError, match=r"(?i)certificate|TLS/SSL error"):
+        await dump_bytes(wrong, tmp_path / "work")
+    with pytest.raises(HealthError, match=r"(?i)certificate|TLS/SSL error"):
+        await wrong.health()
+
+
+async def test_tools_missing(mariadb_server: MariadbServer, app_db: str, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    source = my_source(mariadb_server, app_db, tmp_path)
+    with pytest.raises(DumpError, match="mariadb-dump or mysqldump not found on PATH"):
+        await dump_bytes(source, tmp_path / "work")
+    with pytest.raises(HealthError, match="mariadb or mysql not found on PATH"):
+        await source.health()
+
+
+async def test_health_ok(mariadb_server: MariadbServer, app_db: str, tmp_path: Path) -> None:
+    await my_source(mariadb_server, app_db, tmp_path).health()
