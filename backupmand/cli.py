@@ -140,14 +140,27 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return EX_OK if body["Status"] == "UP" else EX_FAILED
     if command == "restore":
         from .catalog import Catalog
+        from .errors import ConflictError
         from .restore import restore_backup
 
-        async with Catalog.open(settings.database.provider, settings.database.db_path) as catalog:
-            where = await restore_backup(
-                settings, catalog, args.id, drive=args.drive,
-                to_file=Path(args.to_file) if args.to_file else None,
-                to_source=args.to_source, database=args.db_name, force=args.force,
-            )
+        lock = None
+        if args.to_source and settings.database.provider == "sqlite":
+            from .locks import Locks
+
+            # Never load into a source while a backup of it runs (here or in the daemon).
+            lock = Locks(settings.state_directory / "locks").source(args.to_source)
+            if not lock.try_acquire():
+                raise ConflictError(f"a backup of {args.to_source} is in flight; restore when it ends")
+        try:
+            async with Catalog.open(settings.database.provider, settings.database.db_path) as catalog:
+                where = await restore_backup(
+                    settings, catalog, args.id, drive=args.drive,
+                    to_file=Path(args.to_file) if args.to_file else None,
+                    to_source=args.to_source, database=args.db_name, force=args.force,
+                )
+        finally:
+            if lock is not None:
+                lock.release()
         print(f"restored backup {args.id} into {where}")
         return EX_OK
     async with Runtime.open(settings) as runtime:

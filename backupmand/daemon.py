@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 
 import structlog
@@ -36,6 +37,8 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
         signal.SIGHUP,
         lambda: log.warning("signal.sighup_ignored",
                             reason="the config is read at start; restart to apply changes"))
+    faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
+    systemd.status("starting: opening the catalog and recovering interrupted backups")
     async with Runtime.open(settings, daemon=True) as runtime:
         schedule = Schedule(runtime)
         app = create_app(runtime)
@@ -60,7 +63,9 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
             await stop.wait()
         finally:
             log.info("daemon.stopping", in_flight=runtime.in_flight)
-            systemd.stopping()
+            systemd.stopping(f"stopping: {runtime.in_flight} backup(s) in flight")
+            if settings.shutdown_grace > 20:
+                systemd.extend_timeout(settings.shutdown_grace + 10)
             schedule.shutdown()
             await runtime.stop(settings.shutdown_grace)
             await runner.cleanup()

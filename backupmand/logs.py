@@ -44,14 +44,19 @@ def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]
 
 
 def configure(level: str = "info", *, stream: Any = None, force_console: bool | None = None) -> None:
+    """Console lines on a terminal; otherwise `<N>`-prefixed key=value lines, without
+    a timestamp under journald (it stamps each entry itself), with one elsewhere."""
     from .journald import journald_renderer, under_journald
 
     output = stream or sys.stderr
-    console = output.isatty() if force_console is None else force_console
+    journal = stream is None and under_journald()
+    if force_console is None:
+        console = not journal and output.isatty()
+    else:
+        console = force_console
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.format_exc_info,
         _redact,
     ]
     if console:
@@ -60,10 +65,11 @@ def configure(level: str = "info", *, stream: Any = None, force_console: bool | 
             structlog.dev.ConsoleRenderer(colors=True),
         ]
     else:
-        journald = under_journald()
-        if not journald:
-            processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
-        processors.append(journald_renderer(include_timestamp=not journald))
+        processors += [
+            structlog.processors.format_exc_info,
+            _redact,
+            journald_renderer(include_timestamp=not journal),
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

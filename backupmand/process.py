@@ -32,6 +32,8 @@ KILL_GRACE = 3.0
 #: Variables a child never inherits from the daemon: they would silently change
 #: which server or credentials a client tool uses.
 _DROPPED_PREFIXES = ("PG", "MYSQL", "MARIADB", "AWS_")
+#: systemd's notify variables belong to the daemon alone: a child must not speak for it.
+_DROPPED_NAMES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +71,8 @@ async def locate(*names: str) -> str:
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_DROPPED_PREFIXES) and k not in _DROPPED_NAMES}
     env.update(extra)
     return env
 
