@@ -212,8 +212,9 @@ class S3Bucket(Drive[S3Drive]):
             options["response_checksum_validation"] = "when_required"
         return BotoConfig(**options)
 
-    async def _client(self, kind: str = "main") -> Any:
-        """The drive's client (``main``) or its health-check client, created once."""
+    async def client(self, kind: str = "main") -> Any:
+        """The drive's aioboto3 S3 client (``main``) or its health-check client (``health``),
+        created at first use and kept until ``aclose()``."""
         client = self._clients.get(kind)
         if client is not None:
             return client
@@ -259,7 +260,7 @@ class S3Bucket(Drive[S3Drive]):
             raise DriveError(f"{source} is larger than S3's 5 TiB object limit", retryable=False)
         key = self.key_for(name)
         where = f"s3://{self.config.bucket}/{key}"
-        client = await self._client()
+        client = await self.client()
         if self._unaborted:
             await self._abort_leftovers()
         try:
@@ -297,7 +298,7 @@ class S3Bucket(Drive[S3Drive]):
 
     async def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(Exception):
-            client = await self._client()
+            client = await self.client()
             await client.delete_object(Bucket=self.config.bucket, Key=key)
 
     def _check_read(self, reader: _PartReader, source: str, size: int, sha256: str) -> None:
@@ -415,7 +416,7 @@ class S3Bucket(Drive[S3Drive]):
         await asyncio.shield(task)
 
     async def _abort(self, key: str, upload_id: str) -> None:
-        client = await self._client()
+        client = await self.client()
         try:
             await client.abort_multipart_upload(
                 Bucket=self.config.bucket, Key=key, UploadId=upload_id)
@@ -466,7 +467,7 @@ class S3Bucket(Drive[S3Drive]):
         if end is not None and end <= start:
             return
         where = f"s3://{self.config.bucket}/{path}"
-        client = await self._client()
+        client = await self.client()
         options: dict[str, Any] = {}
         if start or end is not None:
             options["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
@@ -488,7 +489,7 @@ class S3Bucket(Drive[S3Drive]):
             raise drive_error(error, f"downloading {where}") from None
 
     async def size(self, path: str) -> int | None:
-        client = await self._client()
+        client = await self.client()
         try:
             head = await client.head_object(Bucket=self.config.bucket, Key=path)
         except Exception as error:
@@ -499,7 +500,7 @@ class S3Bucket(Drive[S3Drive]):
         return int(head["ContentLength"])
 
     async def delete(self, path: str) -> None:
-        client = await self._client()
+        client = await self.client()
         try:
             await client.delete_object(Bucket=self.config.bucket, Key=path)
         except ClientError as error:
@@ -512,7 +513,7 @@ class S3Bucket(Drive[S3Drive]):
     async def health(self) -> None:
         bucket = self.config.bucket
         try:
-            client = await self._client("health")
+            client = await self.client("health")
             async with asyncio.timeout(self.health_timeout):
                 await client.head_bucket(Bucket=bucket)
         except TimeoutError:
