@@ -420,6 +420,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
     async def _send_chunks(
         self, session_uri: str, handle: IO[bytes], size: int, sha256: str, where: str
     ) -> tuple[dict[str, Any], str]:
+        source = _Source(handle)
         md5 = hashlib.md5(usedforsecurity=False)
         digest = hashlib.sha256()
         hashed = 0  # bytes fed to the digests (a resumed chunk is not hashed twice)
@@ -435,7 +436,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                         "PUT", session_uri, data=b"", headers={"Content-Range": f"bytes */{size}"})
                 else:
                     length = min(chunk_size, size - offset)
-                    data = await asyncio.to_thread(_read_at, handle, offset, length)
+                    data = await asyncio.to_thread(source.read_at, offset, length)
                     if len(data) != length:
                         raise VerificationError(
                             f"{handle.name} changed: it ends at {offset + len(data)} bytes, "
@@ -446,7 +447,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                         digest.update(fresh)
                         hashed = offset + length
                     if offset + length == size:
-                        await self._check_complete(handle, digest, size, sha256)
+                        await self._check_complete(source, digest, size, sha256)
                     content_range = (f"bytes {offset}-{offset + length - 1}/{size}" if length
                                      else f"bytes */{size}")
                     response = await self._send(
@@ -487,13 +488,12 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
             raise await self._failure(response, doing)
 
     @staticmethod
-    async def _check_complete(
-        handle: IO[bytes], digest: Any, size: int, sha256: str
-    ) -> None:
-        extra = await asyncio.to_thread(handle.read, 1)
+    async def _check_complete(source: _Source, digest: Any, size: int, sha256: str) -> None:
+        extra = await asyncio.to_thread(source.read_more)
         if extra or digest.hexdigest() != sha256:
             raise VerificationError(
-                f"{handle.name} changed: expected {size} bytes with SHA-256 {sha256[:12]}…, "
+                f"{source.handle.name} changed: expected {size} bytes with SHA-256 "
+                f"{sha256[:12]}…, "
                 f"read {'more' if extra else size} bytes"
                 + ("" if extra else f" with {digest.hexdigest()[:12]}…"),
                 retryable=False)
@@ -594,10 +594,27 @@ class _Request:
         self.json = json
 
 
-def _read_at(handle: IO[bytes], offset: int, length: int) -> bytes:
-    if handle.tell() != offset:
-        handle.seek(offset)
-    return handle.read(length)
+class _Source:
+    """The file being uploaded, read sequentially; seeks only to resume from an earlier
+    offset (so that a pipe works too, as long as nothing is resent)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.position = 0
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset != self.position:
+            self.handle.seek(offset)
+            self.position = offset
+        data = self.handle.read(length)
+        self.position += len(data)
+        return data
+
+    def read_more(self) -> bool:
+        """Whether the file holds more bytes than read so far."""
+        extra = self.handle.read(1)
+        self.position += len(extra)
+        return bool(extra)
 
 
 def _committed(header: str | None) -> int:
