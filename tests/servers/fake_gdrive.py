@@ -163,7 +163,7 @@ def parse_query(query: str) -> list[tuple[str, str, Any]]:
 
 class FakeGoogleDrive:
     client_id = "fake-client-id.apps.googleusercontent.com"
-    client_secret = "fake-client-secret"  # noqa: S105 (a test value)
+    client_secret = "fake-client-secret"
     user_email = "backup@example.com"
 
     def __init__(self) -> None:
@@ -253,12 +253,16 @@ class FakeGoogleDrive:
         }}))
         return path
 
-    def write_token_file(self, path: Path, *, expired: bool = False) -> Path:
+    def write_token_file(self, path: Path, *, expired: bool = False,
+                         revoked: bool = False) -> Path:
         """A token file as ``auth-google`` writes it; ``expired``: its expiry is past
-        (and the server refuses its access token too)."""
+        (and the server refuses its access token too); ``revoked``: the server refuses
+        its refresh token."""
         access, refresh = self.issue_tokens()
         if expired:
             self.access_tokens[access] = 0.0
+        if revoked:
+            self.refresh_tokens.discard(refresh)
         expiry = time.time() + (-600 if expired else 3600)
         path.write_text(json.dumps({
             "access_token": access,
@@ -271,14 +275,18 @@ class FakeGoogleDrive:
         path.chmod(0o600)
         return path
 
-    def drive_config(self, directory: Path, *, expired: bool = False, **keys: Any) -> GoogleDrive:
+    def drive_config(self, directory: Path, *, expired: bool = False, revoked: bool = False,
+                     **keys: Any) -> GoogleDrive:
+        """A google_drive config using this server, with fresh client secret and token
+        files in ``directory``; ``keys`` override config keys."""
         directory.mkdir(parents=True, exist_ok=True)
         values: dict[str, Any] = {
             "provider": "google_drive",
             "label": "Google Drive",
             "folder": "backups",
             "client_secret_file": self.write_client_secret(directory / "client-secret.json"),
-            "token_file": self.write_token_file(directory / "token.json", expired=expired),
+            "token_file": self.write_token_file(directory / "token.json", expired=expired,
+                                                revoked=revoked),
             "api_url": self.url,
             "token_uri": self.token_uri,
             "chunk_size": CHUNK_UNIT,
@@ -331,7 +339,8 @@ class FakeGoogleDrive:
             if not (path.startswith("/upload/") and "upload_id" in request.query):
                 header = request.headers.get("Authorization", "")
                 token = header.removeprefix("Bearer ")
-                if not header.startswith("Bearer ") or self.access_tokens.get(token, 0) < time.time():
+                valid_until = self.access_tokens.get(token, 0)
+                if not header.startswith("Bearer ") or valid_until < time.time():
                     return _error(401, "Request had invalid authentication credentials.",
                                   "authError")
         result: web.StreamResponse = await handler(request)
@@ -345,14 +354,15 @@ class FakeGoogleDrive:
 
     async def _token(self, request: web.Request) -> web.Response:
         form = await request.post()
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+        if (form.get("client_id"), form.get("client_secret")) != (self.client_id,
+                                                                 self.client_secret):
             return web.json_response({"error": "invalid_client"}, status=401)
         grant = form.get("grant_type")
         if grant == "refresh_token":
             if self.refuse_refresh or form.get("refresh_token") not in self.refresh_tokens:
-                return web.json_response({"error": "invalid_grant",
-                                          "error_description": "Token has been expired or revoked."},
-                                         status=400)
+                return web.json_response({
+                    "error": "invalid_grant",
+                    "error_description": "Token has been expired or revoked."}, status=400)
             self.refreshes += 1
             access, _ = self.issue_tokens()
             return web.json_response({
