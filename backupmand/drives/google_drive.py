@@ -178,6 +178,12 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout))
+            # aiohttp silently resends an idempotent request (PUT included) once when its
+            # connection drops. For a chunk of a resumable upload that is wrong: Drive may
+            # have kept part of the chunk, and the protocol is to ask it what it holds and
+            # resume from there, which _send_chunks does. The drive retries on its own.
+            if hasattr(self._http, "_retry_connection"):
+                self._http._retry_connection = False
         return self._http
 
     async def aclose(self) -> None:
