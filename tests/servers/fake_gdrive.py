@@ -177,6 +177,7 @@ class FakeGoogleDrive:
         self.refreshes = 0
         self.code_exchanges = 0
         self.chunks = 0
+        self.content_ranges: list[str] = []  # of every PUT on an upload session
         self._created = itertools.count(1)
         # knobs
         self.refuse_refresh = False
@@ -555,6 +556,7 @@ class FakeGoogleDrive:
         if session is None:
             return _error(404, "upload session not found", "notFound")
         header = request.headers.get("Content-Range", "")
+        self.content_ranges.append(header)
         status_query = re.fullmatch(r"bytes \*/(\d+|\*)", header)
         if status_query:
             await request.read()
