@@ -30,8 +30,9 @@ Uploads
     only when the file read has the expected size and SHA-256, and Drive's reported
     ``size`` and ``md5Checksum`` (and ``sha256Checksum`` when it reports one) must
     match, else the stored file is deleted and VerificationError raised. A failed or
-    cancelled upload cancels its session (``DELETE`` on the session URI, best effort;
-    an abandoned session never becomes a file and expires by itself).
+    cancelled upload asks the session's status once more: a file Drive finished
+    anyway is deleted, an unfinished session is cancelled (``DELETE`` on the session
+    URI). All best effort: an abandoned session never becomes a file and expires.
 
     Drive allows several files with one name: before uploading, the folder is
     searched for the name and an existing file is an error (not atomic: two
@@ -383,7 +384,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
             try:
                 resource, md5 = await self._send_chunks(session_uri, handle, size, sha256, where)
             except BaseException:
-                await self._shielded(self._cancel_session(session_uri))
+                await self._shielded(self._abandon(session_uri, size))
                 raise
         finally:
             await asyncio.to_thread(handle.close)
@@ -504,9 +505,20 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                 + ("" if extra else f" with {digest.hexdigest()[:12]}…"),
                 retryable=False)
 
-    async def _cancel_session(self, session_uri: str) -> None:
+    async def _abandon(self, session_uri: str, size: int) -> None:
+        """Clean up after a failed or cancelled upload (best effort): if Drive finished
+        the file after all (the last chunk arrived, its answer did not), delete it;
+        otherwise cancel the session."""
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(10):
+                response = await self._send(
+                    "PUT", session_uri, data=b"", headers={"Content-Range": f"bytes */{size}"})
+                if response.status in (200, 201):
+                    answer = await self._json(response)
+                    file_id = str(answer.get("id") or "") if isinstance(answer, dict) else ""
+                    if _FILE_ID.match(file_id):
+                        await self.delete(file_id)
+                    return
                 await self._send("DELETE", session_uri)
 
     async def _delete_quietly(self, file_id: str) -> None:

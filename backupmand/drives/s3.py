@@ -3,9 +3,10 @@
 Uploads
     A file of at most one part (8 MiB) is sent with one ``PutObject``; a bigger one
     with a multipart upload whose parts are read from the file in a thread, one part
-    ahead of the part being sent, so memory stays at about two parts whatever the
-    file size. The part size is 8 MiB, or larger when needed so that a file of up to
-    5 TiB fits in S3's 10,000 parts.
+    ahead of the part being sent, so memory stays at two or three parts whatever the
+    file size (about 25 MiB of Python allocations for 8 MiB parts). The part size is
+    8 MiB, or larger when needed so that a file of up to 5 TiB fits in S3's 10,000
+    parts.
 
     Each part carries its own SHA-256 (``ChecksumSHA256``, checked by S3 on arrival)
     unless ``checksums: false``; the whole file's SHA-256 is computed while reading
@@ -21,14 +22,17 @@ Never overwriting
     The key must not exist before the upload (``HeadObject`` → 404), and the final
     request carries ``If-None-Match: *`` (``conditional_writes``), so that a
     concurrent writer cannot be overwritten on services that support conditional
-    writes (AWS S3 since 2024, MinIO, moto).
+    writes (AWS S3 since August 2024; moto). ``conditional_writes: false`` leaves the
+    header out for services that reject it.
 
 Nothing left behind
     A multipart upload that fails, or whose task is cancelled, is aborted in a
-    shielded task. When the abort itself fails (the service is unreachable), the
-    upload id is remembered and the abort retried before the next upload and at
-    ``aclose()``. (A lifecycle rule ``AbortIncompleteMultipartUpload`` on the bucket
-    is still a good idea for a process that dies mid-upload.)
+    shielded task; when the final request (PutObject, CompleteMultipartUpload) got no
+    answer, an object that carries this upload's SHA-256 is deleted, so that a retry
+    under the same name is not refused. When the abort itself fails (the service is
+    unreachable), the upload id is remembered and the abort retried before the next
+    upload and at ``aclose()``. (A lifecycle rule ``AbortIncompleteMultipartUpload``
+    on the bucket is still a good idea, for a process that dies mid-upload.)
 
 Clients
     One client for uploads, downloads and deletes (retries in botocore's standard
@@ -296,6 +300,14 @@ class S3Bucket(Drive[S3Drive]):
             raise
         return StoredFile(path=key, size=size)
 
+    async def _delete_if_ours(self, key: str, sha256: str) -> None:
+        """Delete ``key`` if it holds this upload (its sha256 metadata), best effort."""
+        with contextlib.suppress(Exception):
+            client = await self.client()
+            head = await client.head_object(Bucket=self.config.bucket, Key=key)
+            if (head.get("Metadata") or {}).get(SHA256_METADATA) == sha256:
+                await client.delete_object(Bucket=self.config.bucket, Key=key)
+
     async def _delete_quietly(self, key: str) -> None:
         with contextlib.suppress(Exception):
             client = await self.client()
@@ -332,8 +344,12 @@ class S3Bucket(Drive[S3Drive]):
                 raise DriveError(f"{where} already exists: not overwritten",
                                  retryable=False) from None
             raise drive_error(error, f"uploading {where}") from None
-        except Exception as error:
-            raise drive_error(error, f"uploading {where}") from None
+        except BaseException as error:
+            # No answer: the object may have been stored all the same.
+            await self._shielded(self._delete_if_ours(key, sha256))
+            if isinstance(error, Exception):
+                raise drive_error(error, f"uploading {where}") from None
+            raise
         return checksum
 
     async def _multipart(
@@ -350,6 +366,7 @@ class S3Bucket(Drive[S3Drive]):
         except Exception as error:
             raise drive_error(error, f"starting the upload of {where}") from None
         upload_id: str = created["UploadId"]
+        completing = False
         try:
             parts: list[dict[str, Any]] = []
             part_digests: list[bytes] = []
@@ -382,6 +399,7 @@ class S3Bucket(Drive[S3Drive]):
                 if not next_read.done():
                     next_read.cancel()
             self._check_read(reader, str(reader.handle.name), size, sha256)
+            completing = True
             try:
                 await client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id,
@@ -393,6 +411,9 @@ class S3Bucket(Drive[S3Drive]):
                 raise
         except BaseException as error:
             await self._shielded_abort(key, upload_id)
+            if completing and not isinstance(error, (ClientError, DriveError)):
+                # No answer to the completion: the object may exist all the same.
+                await self._shielded(self._delete_if_ours(key, sha256))
             if isinstance(error, Exception):
                 raise drive_error(error, f"uploading {where}") from None
             raise
