@@ -27,7 +27,9 @@ The refresh
     :class:`GoogleCredentials` hands out the access token, and refreshes it (through
     aiogoogle's ``Oauth2Manager``, whose token endpoint is set to the drive's
     ``token_uri``) once when it has expired — or when the API refused it — however many
-    uploads ask at the same time: one ``asyncio.Lock`` serialises the refresh.
+    uploads ask at the same time: one ``asyncio.Lock`` serialises the refresh. Before
+    refreshing, the token file is read again, in case another process sharing it
+    (the CLI next to the daemon, a new ``auth-google``) has put a newer token there.
 
 ``authorize()``
     The installed-app loopback flow (RFC 8252) with PKCE (S256) and a ``state`` check:
@@ -277,7 +279,15 @@ class GoogleCredentials:
                 self._token = await asyncio.to_thread(load_token, self.token_file)
             token = self._token
             if token.expired() or (rejected is not None and token.access_token == rejected):
-                await self._refresh(token, self._client)
+                # Another process using the same token file (the CLI next to the daemon,
+                # or a new `auth-google`) may have refreshed it already.
+                with contextlib.suppress(DriveError):
+                    on_disk = await asyncio.to_thread(load_token, self.token_file)
+                    if on_disk.access_token != token.access_token or (
+                            on_disk.refresh_token != token.refresh_token):
+                        self._token = token = on_disk
+                if token.expired() or (rejected is not None and token.access_token == rejected):
+                    await self._refresh(token, self._client)
             return token.access_token
 
     async def _refresh(self, token: StoredToken, client: ClientSecret) -> None:

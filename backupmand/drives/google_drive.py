@@ -226,9 +226,14 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         Raises _Transient when retrying may help. Returns the response (read and
         released unless ``stream``)."""
         session = self._session()
-        token = await self.credentials.access_token()
+        # The access token goes only to the configured API (a session URI comes from a
+        # Location header: it is trusted with the token only on the same origin).
+        authorised = URL(url, encoded=True).origin() == URL(self.api_url).origin()
+        token = await self.credentials.access_token() if authorised else ""
         for attempt in (1, 2):
-            all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+            all_headers = dict(headers or {})
+            if authorised:
+                all_headers["Authorization"] = f"Bearer {token}"
             try:
                 response = await session.request(
                     method, URL(url, encoded=True), json=json_body, data=data,
@@ -238,7 +243,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                     response.release()
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
                 raise _Transient(f"{type(error).__name__}: {error}".rstrip(": ")) from None
-            if response.status == 401 and attempt == 1:
+            if response.status == 401 and attempt == 1 and authorised:
                 token = await self.credentials.access_token(rejected=token)
                 continue
             break
@@ -418,7 +423,12 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         response = await self._call(request, f"starting the upload of {where}", headers={
             "X-Upload-Content-Type": "application/octet-stream",
             "X-Upload-Content-Length": str(size),
-        })
+        }, allow=(404,))
+        if response.status == 404:
+            # The folder was deleted (or trashed) since it was looked up: look it up
+            # (or create it) again at the next attempt.
+            self._folder_id = None
+            raise DriveError(f"starting the upload of {where}: the folder no longer exists")
         location = response.headers.get("Location")
         if not location:
             raise DriveError(f"starting the upload of {where}: no session URI in the answer")

@@ -150,6 +150,12 @@ def drive_error(error: BaseException, doing: str, *, on_bucket: bool = False) ->
     return DriveError(f"{doing} failed: {type(error).__name__}: {error}", retryable=True)
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's outcome as seen (no "exception never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _PartReader:
     """Reads a file part by part (in a thread), hashing the whole file on the way."""
 
@@ -396,8 +402,9 @@ class S3Bucket(Drive[S3Drive]):
                     parts.append(part)
                     del data
             finally:
-                if not next_read.done():
-                    next_read.cancel()
+                # A read still running (an error cut the loop short) is not waited for.
+                next_read.add_done_callback(_retrieve)
+                next_read.cancel()
             self._check_read(reader, str(reader.handle.name), size, sha256)
             completing = True
             try:
