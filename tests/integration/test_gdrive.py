@@ -231,6 +231,44 @@ async def test_folder_names_are_quoted_in_queries(
         await drive.aclose()
 
 
+async def test_a_vanished_folder_is_created_again(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    drive = build_drive(gdrive_server.drive_config(tmp_path / "creds"))
+    source, data, sha256 = make_file(tmp_path, 1000)
+    try:
+        await drive.upload(source, "one.sql", size=len(data), sha256=sha256)
+        folder = gdrive_server.folder_id("backups")
+        assert folder is not None
+        del gdrive_server.files[folder]  # someone deleted the folder
+        with pytest.raises(DriveError, match="no longer exists") as raised:
+            await drive.upload(source, "two.sql", size=len(data), sha256=sha256)
+        assert raised.value.retryable
+        await drive.upload(source, "two.sql", size=len(data), sha256=sha256)  # the retry
+        assert set(gdrive_server.files_in("backups")) == {"two.sql"}
+        assert gdrive_server.folder_id("backups") != folder
+    finally:
+        await drive.aclose()
+
+
+async def test_the_token_goes_only_to_the_api_origin(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    drive = build_drive(gdrive_server.drive_config(tmp_path / "creds"))
+    source, data, sha256 = make_file(tmp_path, 600 * 1024)
+    try:
+        await drive.upload(source, "same-origin.sql", size=len(data), sha256=sha256)
+        assert gdrive_server.session_authorized == [True] * 3
+        gdrive_server.session_authorized.clear()
+        # The same server under another name: another origin.
+        gdrive_server.session_origin = gdrive_server.url.replace("127.0.0.1", "localhost")
+        stored = await drive.upload(source, "other-origin.sql", size=len(data), sha256=sha256)
+        assert gdrive_server.session_authorized == [False] * 3
+        assert await fetch(drive, stored.path) == data  # type: ignore[arg-type]
+    finally:
+        await drive.aclose()
+
+
 async def test_the_folder_is_created_once_for_concurrent_uploads(
     gdrive_server: FakeGoogleDrive, tmp_path: Path
 ) -> None:

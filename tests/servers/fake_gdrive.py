@@ -18,7 +18,8 @@ It speaks what backupmand's google_drive drive, aiogoogle and ``auth-google`` us
 Fault knobs: :meth:`FakeGoogleDrive.expire_access_tokens`, ``refuse_refresh``,
 ``drop_connection_at`` (cut one chunk's connection once the upload reaches an offset),
 :meth:`FakeGoogleDrive.throttle` (429 with ``Retry-After``), ``corrupt_md5``,
-``chunk_gate`` (hold chunk requests until a test opens it). Files are kept in memory.
+``chunk_gate`` (hold chunk requests until a test opens it), ``session_origin``
+(hand out session URIs on another origin). Files are kept in memory.
 
 The ``gdrive_server`` fixture starts one per test in the test's event loop.
 """
@@ -178,6 +179,9 @@ class FakeGoogleDrive:
         self.code_exchanges = 0
         self.chunks = 0
         self.content_ranges: list[str] = []  # of every PUT on an upload session
+        self.session_authorized: list[bool] = []  # whether it carried a bearer token
+        #: The origin of session URIs (default: this server's own URL).
+        self.session_origin: str | None = None
         self._created = itertools.count(1)
         # knobs
         self.refuse_refresh = False
@@ -507,8 +511,8 @@ class FakeGoogleDrive:
             if parent != "root" and parent not in self.files:
                 return _error(404, f"File not found: {parent}.", "notFound")
         self.sessions[session.id] = session
-        location = (f"{self.url}upload/drive/v3/files?uploadType=resumable"
-                    f"&upload_id={session.id}")
+        location = (f"{self.session_origin or self.url}upload/drive/v3/files"
+                    f"?uploadType=resumable&upload_id={session.id}")
         return web.Response(status=200, headers={"Location": location})
 
     async def _upload_multipart(self, request: web.Request) -> web.Response:
@@ -557,6 +561,7 @@ class FakeGoogleDrive:
             return _error(404, "upload session not found", "notFound")
         header = request.headers.get("Content-Range", "")
         self.content_ranges.append(header)
+        self.session_authorized.append("Authorization" in request.headers)
         status_query = re.fullmatch(r"bytes \*/(\d+|\*)", header)
         if status_query:
             await request.read()
