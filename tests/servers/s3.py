@@ -139,16 +139,22 @@ def s3_process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Se
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        drain: threading.Thread | None = None
         try:
-            _wait_for_line(process, "Running on", log)
+            drain = _wait_for_line(process, "Running on", log)
             yield S3Server(endpoint=f"http://127.0.0.1:{port}")
         finally:
             process.terminate()
             process.wait(timeout=10)
+            if drain is not None:
+                drain.join(timeout=10)
+            assert process.stderr is not None
+            process.stderr.close()
 
 
-def _wait_for_line(process: subprocess.Popen[str], marker: str, log: Path) -> None:
-    """Block until the process prints ``marker`` on stderr; keep draining it into ``log``."""
+def _wait_for_line(process: subprocess.Popen[str], marker: str, log: Path) -> threading.Thread:
+    """Block until the process prints ``marker`` on stderr; a thread keeps draining it
+    into ``log`` until the process ends (returned, to be joined)."""
     assert process.stderr is not None
     stderr = process.stderr
     ready = threading.Event()
@@ -161,10 +167,13 @@ def _wait_for_line(process: subprocess.Popen[str], marker: str, log: Path) -> No
                 if marker in line:
                     ready.set()
 
-    threading.Thread(target=drain, daemon=True).start()
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
     if not ready.wait(timeout=30):
         process.kill()
+        process.wait(timeout=10)
         raise RuntimeError(f"moto server did not start: {log.read_text(errors='replace')}")
+    return thread
 
 
 @pytest.fixture
