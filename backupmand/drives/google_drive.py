@@ -438,9 +438,6 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         self, session_uri: str, handle: IO[bytes], size: int, sha256: str, where: str
     ) -> tuple[dict[str, Any], str]:
         source = _Source(handle)
-        md5 = hashlib.md5(usedforsecurity=False)
-        digest = hashlib.sha256()
-        hashed = 0  # bytes fed to the digests (a resumed chunk is not hashed twice)
         offset: int | None = 0  # None: ask Drive what it holds
         committed = 0
         failures = 0
@@ -458,13 +455,8 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                         raise VerificationError(
                             f"{handle.name} changed: it ends at {offset + len(data)} bytes, "
                             f"expected {size}", retryable=False)
-                    if offset + length > hashed:
-                        fresh = memoryview(data)[hashed - offset:]
-                        md5.update(fresh)
-                        digest.update(fresh)
-                        hashed = offset + length
                     if offset + length == size:
-                        await self._check_complete(source, digest, size, sha256)
+                        await self._check_complete(source, size, sha256)
                     content_range = (f"bytes {offset}-{offset + length - 1}/{size}" if length
                                      else f"bytes */{size}")
                     response = await self._send(
@@ -484,11 +476,12 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                 answer = await self._json(response)
                 if not isinstance(answer, dict):
                     raise DriveError(f"{doing}: the final answer is not a file resource")
-                return answer, md5.hexdigest()
+                return answer, source.md5.hexdigest()
             if status == 308:
                 held = _committed(response.headers.get("Range"))
-                if held > hashed:
-                    raise DriveError(f"{doing}: Drive claims {held} bytes, {hashed} were sent")
+                if held > source.hashed:
+                    raise DriveError(
+                        f"{doing}: Drive claims {held} bytes, {source.hashed} were sent")
                 if held > committed:
                     failures = 0  # progress
                 committed = held
@@ -505,8 +498,9 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
             raise await self._failure(response, doing)
 
     @staticmethod
-    async def _check_complete(source: _Source, digest: Any, size: int, sha256: str) -> None:
+    async def _check_complete(source: _Source, size: int, sha256: str) -> None:
         extra = await asyncio.to_thread(source.read_more)
+        digest = source.sha256
         if extra or digest.hexdigest() != sha256:
             raise VerificationError(
                 f"{source.handle.name} changed: expected {size} bytes with SHA-256 "
@@ -623,12 +617,16 @@ class _Request:
 
 
 class _Source:
-    """The file being uploaded, read sequentially; seeks only to resume from an earlier
-    offset (so that a pipe works too, as long as nothing is resent)."""
+    """The file being uploaded, read (in a thread) sequentially and hashed on the way;
+    it seeks only to resume from an earlier offset (so a pipe works too, as long as
+    nothing is resent), and bytes read again are not hashed again."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
         self.position = 0
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+        self.hashed = 0  # bytes fed to the digests
 
     def read_at(self, offset: int, length: int) -> bytes:
         if offset != self.position:
@@ -636,6 +634,12 @@ class _Source:
             self.position = offset
         data = self.handle.read(length)
         self.position += len(data)
+        end = offset + len(data)
+        if end > self.hashed:
+            fresh = memoryview(data)[self.hashed - offset:]
+            self.md5.update(fresh)
+            self.sha256.update(fresh)
+            self.hashed = end
         return data
 
     def read_more(self) -> bool:

@@ -170,6 +170,12 @@ class _PartReader:
         self.read_bytes += len(data)
         return data
 
+    def read_part(self, size: int, *, last: bool = False) -> tuple[bytes, bytes]:
+        """The next part and its own SHA-256 (``last``: one byte more is asked for, so
+        that a file that grew is noticed; that byte is part of the data returned)."""
+        data = self.read(size + 1 if last else size)
+        return data, hashlib.sha256(data).digest()
+
 
 class S3Bucket(Drive[S3Drive]):
     provider = "s3"
@@ -333,13 +339,12 @@ class S3Bucket(Drive[S3Drive]):
     async def _put(
         self, client: Any, reader: _PartReader, key: str, where: str, size: int, sha256: str
     ) -> str | None:
-        # One byte more than expected, so that a file that grew is noticed.
-        body = await asyncio.to_thread(reader.read, size + 1)
+        body, body_sha256 = await asyncio.to_thread(reader.read_part, size, last=True)
         self._check_read(reader, str(reader.handle.name), size, sha256)
         options: dict[str, Any] = {}
         checksum = None
         if self.config.checksums:
-            checksum = _b64(hashlib.sha256(body).digest())
+            checksum = _b64(body_sha256)
             options["ChecksumSHA256"] = checksum
         try:
             await client.put_object(
@@ -377,22 +382,24 @@ class S3Bucket(Drive[S3Drive]):
             parts: list[dict[str, Any]] = []
             part_digests: list[bytes] = []
             count = math.ceil(size / part_size)
-            next_read = asyncio.ensure_future(asyncio.to_thread(reader.read, part_size))
+
+            def read_ahead(number: int) -> asyncio.Future[tuple[bytes, bytes]]:
+                return asyncio.ensure_future(asyncio.to_thread(
+                    reader.read_part, part_size, last=number == count))
+
+            next_read = read_ahead(1)
             try:
                 for number in range(1, count + 1):
-                    data = await next_read
+                    data, digest = await next_read
                     if number < count:
-                        next_read = asyncio.ensure_future(asyncio.to_thread(reader.read, part_size))
+                        next_read = read_ahead(number + 1)
                     else:
-                        # The last part, plus one byte more to notice a file that grew.
-                        data += await asyncio.to_thread(reader.read, 1)
                         self._check_read(reader, str(reader.handle.name), size, sha256)
                     if not data:
                         break  # the file shrank: caught by the check after the last part
                     part: dict[str, Any] = {"PartNumber": number}
                     part_options: dict[str, Any] = {}
                     if self.config.checksums:
-                        digest = hashlib.sha256(data).digest()
                         part_digests.append(digest)
                         part["ChecksumSHA256"] = part_options["ChecksumSHA256"] = _b64(digest)
                     answer = await client.upload_part(
