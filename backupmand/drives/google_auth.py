@@ -356,13 +356,16 @@ async def authorize(
     auth_uri: str | None = None,
     print_fn: Callable[[str], object] = print,
     give_up_after: float = 600.0,
+    port: int = 0,
 ) -> None:
     """Run Google's installed-app flow and write ``token_file`` (0600, atomically).
 
     Listens on 127.0.0.1 (a free port) for the redirect, checks ``state``, uses PKCE
     (S256), asks for the ``drive.file`` scope with offline access. ``token_uri`` and
-    ``auth_uri`` override the client secret file's endpoints. Raises DriveError when the
-    user refuses, the exchange fails, or nothing happens within ``give_up_after`` seconds.
+    ``auth_uri`` override the client secret file's endpoints. ``port``: listen on this
+    port instead of a free one (for a browser on another machine reaching it through
+    ``ssh -L PORT:127.0.0.1:PORT``). Raises DriveError when the user refuses, the
+    exchange fails, or nothing happens within ``give_up_after`` seconds.
     """
     client = await asyncio.to_thread(load_client_secret, client_secret_file)
     token_endpoint = token_uri or client.token_uri
@@ -393,8 +396,12 @@ async def authorize(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise DriveError(f"cannot listen on 127.0.0.1:{port} for Google's redirect: "
+                             f"{error.strerror or error}", retryable=False) from None
         port = runner.addresses[0][1]
         redirect_uri = f"http://127.0.0.1:{port}/"
         url = consent_endpoint + ("&" if "?" in consent_endpoint else "?") + urlencode({
