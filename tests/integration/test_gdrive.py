@@ -411,3 +411,18 @@ async def test_auth_google_reports_a_refusal(
     with pytest.raises(DriveError, match="access_denied"):
         await asyncio.wait_for(flow, 10)
     assert not token_file.exists()
+
+
+async def test_the_fake_server_takes_multipart_uploads(gdrive_server: FakeGoogleDrive) -> None:
+    """aiogoogle's own uploads use uploadType=multipart: the fake speaks it too."""
+    access, _ = gdrive_server.issue_tokens()
+    with aiohttp.MultipartWriter("related") as body:
+        body.append_json({"name": "note.txt", "parents": ["root"]})
+        body.append(b"hello", {"Content-Type": "text/plain"})
+    async with aiohttp.ClientSession() as session, session.post(
+            gdrive_server.url + "upload/drive/v3/files?uploadType=multipart&fields=id,size",
+            data=body, headers={"Authorization": f"Bearer {access}"}) as response:
+        answer = await response.json()
+    assert response.status == 200
+    assert answer["size"] == "5"
+    assert gdrive_server.files[answer["id"]].data == b"hello"
