@@ -15,8 +15,10 @@ from backupmand.runtime import Runtime
 from tests.helpers import base_config, write_config
 
 pytest_plugins = [
+    "tests.servers.fake_gdrive",
     "tests.servers.mariadb",
     "tests.servers.postgres",
+    "tests.servers.s3",
     "tests.servers.smtp",
     "tests.servers.webhook",
 ]
