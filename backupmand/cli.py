@@ -161,7 +161,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             if lock is not None:
                 lock.release()
-        print(f"restored backup {args.id} into {where}")
+        print(f"restored {where}")
         return EX_OK
     async with Runtime.open(settings) as runtime:
         if command == "run":
