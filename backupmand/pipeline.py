@@ -133,7 +133,7 @@ async def dump(services: Services, backup: Backup) -> Backup:
         started = time.monotonic()
         try:
             try:
-                await asyncio.to_thread(_prepare_folders, folder, workdir)
+                await asyncio.to_thread(_prepare_folders, folder, workdir, final)
                 size, sha256, raw = await write_compressed(
                     source.dump(workdir), partial, name, level,
                     services.settings.compression_threads,
@@ -151,8 +151,12 @@ async def dump(services: Services, backup: Backup) -> Backup:
     )
 
 
-def _prepare_folders(folder: Path, workdir: Path) -> None:
+def _prepare_folders(folder: Path, workdir: Path, final: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    # The name carries this backup's id, and its dump is not recorded as done: a file
+    # there is this backup's own earlier attempt, published just before its process
+    # died. It is re-dumped, not trusted.
+    remove_quietly(final)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(mode=0o700)

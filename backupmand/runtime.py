@@ -126,9 +126,17 @@ class Runtime:
             lock = self.locks.source(backup.label)
             if lock.try_acquire():
                 try:
-                    await self.catalog.fail_backup(backup.id, RECOVERED)
+                    # Still pending? Its process may have ended it since the list was read.
+                    recovered = await self.catalog.fail_backup(backup.id, RECOVERED)
+                    if recovered.error != RECOVERED:
+                        continue
                     log.warning("backup.recovered", backup_id=backup.id, label=backup.label,
                                 reason=RECOVERED)
+                    source = self.services.sources.get(backup.label)
+                    if recovered.dump_status is Status.FAILED and source is not None:
+                        # A dump published just before the process died, never recorded.
+                        folder = source.config.tmp_folder.expanduser().resolve()
+                        await asyncio.to_thread(remove_quietly, folder / backup.name)
                 finally:
                     lock.release()
         for backup in await self.catalog.list_backups(status=Status.FINISHED, limit=200):
