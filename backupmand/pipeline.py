@@ -323,19 +323,27 @@ async def settle(services: Services, backup: Backup) -> Backup:
     if failed:
         reason = "; ".join(f"upload to {f.drive} failed: {f.error}" for f in failed)
         return await catalog.update_backup(backup.id, status=Status.FAILED, error=reason)
+    # One write: nobody ever reads "finished" with a DumpPath about to vanish. Should
+    # the process die before the file goes, recovery removes it (runtime.recover).
+    kept = backup.dump_path
     backup = await catalog.update_backup(
-        backup.id, status=Status.FINISHED, error=None, finished_at=utcnow())
-    return await remove_local_dump(catalog, backup)
+        backup.id, status=Status.FINISHED, error=None, finished_at=utcnow(), dump_path=None)
+    if kept:
+        await asyncio.to_thread(remove_dump_file, Path(kept))
+    return backup
 
 
 async def remove_local_dump(catalog: Catalog, backup: Backup) -> Backup:
     if backup.dump_path:
-        path = Path(backup.dump_path)
-        await asyncio.to_thread(remove_quietly, path)
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(fsync_directory, path.parent)
+        await asyncio.to_thread(remove_dump_file, Path(backup.dump_path))
         backup = await catalog.update_backup(backup.id, dump_path=None)
     return backup
+
+
+def remove_dump_file(path: Path) -> None:
+    remove_quietly(path)
+    with contextlib.suppress(OSError):
+        fsync_directory(path.parent)
 
 
 # ---------------------------------------------------------------------------- side channels

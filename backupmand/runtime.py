@@ -31,12 +31,27 @@ from .files import remove_quietly
 from .locks import FileLock, Locks, slug
 from .models import Backup, Status
 from .notifiers import build_notifiers
-from .pipeline import INTERRUPTED, Services, dump_name, name_pattern, remove_local_dump, run_backup
+from .pipeline import (
+    INTERRUPTED,
+    Services,
+    dump_name,
+    name_pattern,
+    remove_dump_file,
+    remove_local_dump,
+    run_backup,
+)
 from .sources import build_source
 
 log = structlog.get_logger("backupmand.runtime")
 
 RECOVERED = "interrupted: the process running this backup stopped before it ended"
+
+
+def _remove_existing(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            remove_dump_file(path)
+            log.info("recovery.removed", path=str(path))
 
 
 class Runtime:
@@ -139,9 +154,15 @@ class Runtime:
                         await asyncio.to_thread(remove_quietly, folder / backup.name)
                 finally:
                     lock.release()
+        uploaded: list[Path] = []
         for backup in await self.catalog.list_backups(status=Status.FINISHED, limit=200):
-            if backup.dump_path:  # died between recording success and removing the dump
+            # Died between recording success and removing the dump.
+            if backup.dump_path:
                 await remove_local_dump(self.catalog, backup)
+            source = self.services.sources.get(backup.label)
+            if source is not None:
+                uploaded.append(source.config.tmp_folder.expanduser().resolve() / backup.name)
+        await asyncio.to_thread(_remove_existing, uploaded)
         free = []
         for label in self.services.sources:
             lock = self.locks.source(label)
