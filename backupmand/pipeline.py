@@ -76,8 +76,15 @@ def name_pattern(label: str) -> re.Pattern[str]:
 # ---------------------------------------------------------------------------- the sentence
 
 
-async def run_backup(services: Services, backup: Backup) -> Backup:
-    """Run (or resume) one backup to its outcome; never raises but CancelledError."""
+async def run_backup(
+    services: Services, backup: Backup, *, recorded: Callable[[], None] | None = None
+) -> Backup:
+    """Run (or resume) one backup to its outcome; never raises but CancelledError.
+
+    ``recorded`` is called as soon as the outcome is in the catalog, before retention
+    and notifications: the caller lets go of the source's lock there, so a client that
+    reads the outcome can retry or start the source again at once.
+    """
     with structlog.contextvars.bound_contextvars(backup_id=backup.id, label=backup.label):
         started = time.monotonic()
         log.info("backup.started", name=backup.name, resumed=backup.dump_status is Status.FINISHED)
@@ -103,6 +110,8 @@ async def run_backup(services: Services, backup: Backup) -> Backup:
         else:
             log.error("backup.failed", error=backup.error, seconds=seconds)
         _progress(services, backup.label, backup.status.value)
+        if recorded is not None:
+            recorded()
         if backup.status is Status.FINISHED and services.settings.retention.enabled:
             from .retention import prune
 

@@ -277,11 +277,12 @@ class Runtime:
     def _launch(self, backup: Backup, lock: FileLock) -> None:
         async def run() -> Backup:
             try:
-                return await run_backup(self.services, backup)
+                return await run_backup(self.services, backup, recorded=lock.release)
             finally:
-                lock.release()
+                if lock.held:  # stopped before its outcome was recorded
+                    lock.release()
+                    self.running.pop(backup.label, None)
                 self._tasks.pop(backup.id, None)
-                self.running.pop(backup.label, None)
 
         self._tasks[backup.id] = asyncio.create_task(run(), name=f"backup-{backup.id}")
 
