@@ -161,6 +161,8 @@ async def dump(services: Services, backup: Backup) -> Backup:
 
 
 def _prepare_folders(folder: Path, workdir: Path, final: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DumpError(f"the tmp folder {folder} is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
     # The name carries this backup's id, and its dump is not recorded as done: a file
     # there is this backup's own earlier attempt, published just before its process
@@ -179,7 +181,10 @@ def _publish(partial: Path, final: Path) -> None:
 
 
 def _discard(partial: Path, workdir: Path) -> None:
-    remove_quietly(partial)
+    # Best effort: where nothing could be written (the folder is unusable) there is
+    # nothing to remove, and the reason already on its way must not be masked.
+    with contextlib.suppress(NotADirectoryError):
+        remove_quietly(partial)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
