@@ -319,7 +319,8 @@ async def upload_one(
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter (attempt 1 waits up to ``initial``)."""
+    """Exponential backoff, capped at ``maximum``, with "equal" jitter: a random wait in
+    the upper half of each step (attempt 1 waits between ``initial``/2 and ``initial``)."""
     ceiling = min(maximum, initial * (2 ** (attempt - 1)))
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
