@@ -117,7 +117,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
                 phases[phase_of(backup)] += 1
         assert len(backups) == ITERATIONS * SOURCES
         # The kills landed in different phases (the seed is fixed, the timing is not).
-        assert phases["in the dump"] > 0 and phases["finished"] > 0, phases
+        assert phases["in the dump"] > 0, phases
         assert phases["in the uploads"] + phases["between uploads"] > 0, phases
 
         failed = [b for b in backups if b["Status"] == "failed"]
