@@ -309,20 +309,26 @@ class Catalog:
             await db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
 
     async def fail_backup(self, backup_id: str, error: str) -> Backup:
-        """Mark a backup and its unfinished drive files failed in one transaction."""
+        """Mark a pending backup and its unfinished drive files failed in one transaction.
+
+        A backup that is no longer pending is left as it is: its outcome was recorded
+        meanwhile (by its own process, which recovery may have seen pending a moment
+        before, or just before a cancellation arrived).
+        """
         now = to_db_time(utcnow())
         async with self._transaction() as db:
-            await db.execute(
-                "UPDATE drive_files SET status = 'failed', error = coalesce(error, ?), "
-                "updated_at = ? WHERE backup_id = ? AND status = 'pending'",
-                (error, now, backup_id),
-            )
-            await db.execute(
+            cursor = await db.execute(
                 "UPDATE backups SET status = 'failed', error = ?, updated_at = ?, "
                 "dump_status = CASE dump_status WHEN 'pending' THEN 'failed' ELSE dump_status END "
-                "WHERE id = ?",
+                "WHERE id = ? AND status = 'pending'",
                 (error, now, backup_id),
             )
+            if cursor.rowcount:
+                await db.execute(
+                    "UPDATE drive_files SET status = 'failed', error = coalesce(error, ?), "
+                    "updated_at = ? WHERE backup_id = ? AND status = 'pending'",
+                    (error, now, backup_id),
+                )
         return await self.get_backup(backup_id)
 
     # ------------------------------------------------------------------ drive files

@@ -76,8 +76,15 @@ def name_pattern(label: str) -> re.Pattern[str]:
 # ---------------------------------------------------------------------------- the sentence
 
 
-async def run_backup(services: Services, backup: Backup) -> Backup:
-    """Run (or resume) one backup to its outcome; never raises but CancelledError."""
+async def run_backup(
+    services: Services, backup: Backup, *, recorded: Callable[[], None] | None = None
+) -> Backup:
+    """Run (or resume) one backup to its outcome; never raises but CancelledError.
+
+    ``recorded`` is called as soon as the outcome is in the catalog, before retention
+    and notifications: the caller lets go of the source's lock there, so a client that
+    reads the outcome can retry or start the source again at once.
+    """
     with structlog.contextvars.bound_contextvars(backup_id=backup.id, label=backup.label):
         started = time.monotonic()
         log.info("backup.started", name=backup.name, resumed=backup.dump_status is Status.FINISHED)
@@ -103,6 +110,8 @@ async def run_backup(services: Services, backup: Backup) -> Backup:
         else:
             log.error("backup.failed", error=backup.error, seconds=seconds)
         _progress(services, backup.label, backup.status.value)
+        if recorded is not None:
+            recorded()
         if backup.status is Status.FINISHED and services.settings.retention.enabled:
             from .retention import prune
 
@@ -133,7 +142,7 @@ async def dump(services: Services, backup: Backup) -> Backup:
         started = time.monotonic()
         try:
             try:
-                await asyncio.to_thread(_prepare_folders, folder, workdir)
+                await asyncio.to_thread(_prepare_folders, folder, workdir, final)
                 size, sha256, raw = await write_compressed(
                     source.dump(workdir), partial, name, level,
                     services.settings.compression_threads,
@@ -151,8 +160,14 @@ async def dump(services: Services, backup: Backup) -> Backup:
     )
 
 
-def _prepare_folders(folder: Path, workdir: Path) -> None:
+def _prepare_folders(folder: Path, workdir: Path, final: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DumpError(f"the tmp folder {folder} is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
+    # The name carries this backup's id, and its dump is not recorded as done: a file
+    # there is this backup's own earlier attempt, published just before its process
+    # died. It is re-dumped, not trusted.
+    remove_quietly(final)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(mode=0o700)
@@ -166,7 +181,10 @@ def _publish(partial: Path, final: Path) -> None:
 
 
 def _discard(partial: Path, workdir: Path) -> None:
-    remove_quietly(partial)
+    # Best effort: where nothing could be written (the folder is unusable) there is
+    # nothing to remove, and the reason already on its way must not be masked.
+    with contextlib.suppress(NotADirectoryError):
+        remove_quietly(partial)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -301,7 +319,8 @@ async def upload_one(
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter (attempt 1 waits up to ``initial``)."""
+    """Exponential backoff, capped at ``maximum``, with "equal" jitter: a random wait in
+    the upper half of each step (attempt 1 waits between ``initial``/2 and ``initial``)."""
     ceiling = min(maximum, initial * (2 ** (attempt - 1)))
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
@@ -319,19 +338,27 @@ async def settle(services: Services, backup: Backup) -> Backup:
     if failed:
         reason = "; ".join(f"upload to {f.drive} failed: {f.error}" for f in failed)
         return await catalog.update_backup(backup.id, status=Status.FAILED, error=reason)
+    # One write: nobody ever reads "finished" with a DumpPath about to vanish. Should
+    # the process die before the file goes, recovery removes it (runtime.recover).
+    kept = backup.dump_path
     backup = await catalog.update_backup(
-        backup.id, status=Status.FINISHED, error=None, finished_at=utcnow())
-    return await remove_local_dump(catalog, backup)
+        backup.id, status=Status.FINISHED, error=None, finished_at=utcnow(), dump_path=None)
+    if kept:
+        await asyncio.to_thread(remove_dump_file, Path(kept))
+    return backup
 
 
 async def remove_local_dump(catalog: Catalog, backup: Backup) -> Backup:
     if backup.dump_path:
-        path = Path(backup.dump_path)
-        await asyncio.to_thread(remove_quietly, path)
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(fsync_directory, path.parent)
+        await asyncio.to_thread(remove_dump_file, Path(backup.dump_path))
         backup = await catalog.update_backup(backup.id, dump_path=None)
     return backup
+
+
+def remove_dump_file(path: Path) -> None:
+    remove_quietly(path)
+    with contextlib.suppress(OSError):
+        fsync_directory(path.parent)
 
 
 # ---------------------------------------------------------------------------- side channels

@@ -1,6 +1,8 @@
 """The one place where backupmand starts subprocesses.
 
 Every child runs in its own session (so its whole process group can be stopped),
+is killed by the kernel if backupmand itself dies (so a `kill -9` of the daemon
+leaves no dump running on, orphaned, while the next start cleans up after it),
 gets its secrets through its environment or a file descriptor, never argv, and has
 its stderr collected into a bounded tail that is redacted before it is logged or
 recorded. A child that exits non-zero, dies by a signal or outlives its deadline
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import shutil
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 
 import structlog
@@ -142,10 +146,48 @@ class Running:
                 how = f"was killed by {signal.Signals(-code).name}"
             except ValueError:
                 how = f"was killed by signal {-code}"
+            meaning = signal.strsignal(-code)  # SIGXFSZ alone tells few operators anything
+            if meaning:
+                how += f" ({meaning})"
         else:
             how = f"exited with status {code}"
         tail = self.stderr.text(self.command.secrets)
         return ProcessError(f"{self.name} {how}" + (f": {tail}" if tail else ""))
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+#: Resolved once, here: the child may only make the call between fork and exec.
+_PRCTL = _load_prctl()
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when ``parent`` dies.
+
+    The signal follows the thread that forked: children are started from the event
+    loop's thread, which lives as long as the process.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def arrange() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # died before the request was made
+            os._exit(1)
+
+    return arrange
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -168,6 +210,7 @@ async def start(
             cwd=command.cwd,
             pass_fds=command.pass_fds,
             start_new_session=True,
+            preexec_fn=_dies_with(os.getpid()),  # one prctl call, no lock taken
             limit=READ_LIMIT,
         )
     except FileNotFoundError:

@@ -31,12 +31,27 @@ from .files import remove_quietly
 from .locks import FileLock, Locks, slug
 from .models import Backup, Status
 from .notifiers import Notifier, build_notifiers
-from .pipeline import INTERRUPTED, Services, dump_name, name_pattern, remove_local_dump, run_backup
+from .pipeline import (
+    INTERRUPTED,
+    Services,
+    dump_name,
+    name_pattern,
+    remove_dump_file,
+    remove_local_dump,
+    run_backup,
+)
 from .sources import build_source
 
 log = structlog.get_logger("backupmand.runtime")
 
 RECOVERED = "interrupted: the process running this backup stopped before it ended"
+
+
+def _remove_existing(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            remove_dump_file(path)
+            log.info("recovery.removed", path=str(path))
 
 
 class Runtime:
@@ -130,14 +145,28 @@ class Runtime:
             lock = self.locks.source(backup.label)
             if await asyncio.to_thread(lock.try_acquire):
                 try:
-                    await self.catalog.fail_backup(backup.id, RECOVERED)
+                    # Still pending? Its process may have ended it since the list was read.
+                    recovered = await self.catalog.fail_backup(backup.id, RECOVERED)
+                    if recovered.error != RECOVERED:
+                        continue
                     log.warning("backup.recovered", backup_id=backup.id, label=backup.label,
                                 reason=RECOVERED)
+                    source = self.services.sources.get(backup.label)
+                    if recovered.dump_status is Status.FAILED and source is not None:
+                        # A dump published just before the process died, never recorded.
+                        folder = source.config.tmp_folder.expanduser()
+                        await asyncio.to_thread(remove_quietly, folder / backup.name)
                 finally:
                     lock.release()
+        uploaded: list[Path] = []
         for backup in await self.catalog.list_backups(status=Status.FINISHED, limit=200):
-            if backup.dump_path:  # died between recording success and removing the dump
+            # Died between recording success and removing the dump.
+            if backup.dump_path:
                 await remove_local_dump(self.catalog, backup)
+            source = self.services.sources.get(backup.label)
+            if source is not None:
+                uploaded.append(source.config.tmp_folder.expanduser() / backup.name)
+        await asyncio.to_thread(_remove_existing, uploaded)
         free = []
         for label in self.services.sources:
             lock = self.locks.source(label)
@@ -252,11 +281,12 @@ class Runtime:
     def _launch(self, backup: Backup, lock: FileLock) -> None:
         async def run() -> Backup:
             try:
-                return await run_backup(self.services, backup)
+                return await run_backup(self.services, backup, recorded=lock.release)
             finally:
-                lock.release()
+                if lock.held:  # stopped before its outcome was recorded
+                    lock.release()
+                    self.running.pop(backup.label, None)
                 self._tasks.pop(backup.id, None)
-                self.running.pop(backup.label, None)
 
         self._tasks[backup.id] = asyncio.create_task(run(), name=f"backup-{backup.id}")
 
