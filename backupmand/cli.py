@@ -175,12 +175,15 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if command == "prune":
             from .retention import prune
 
+            if not settings.retention.enabled:
+                print("retention is not enabled (retention.enabled: false): nothing to prune")
+                return EX_OK
             selected = await prune(runtime.services, dry_run=args.dry_run)
             verb = "would delete" if args.dry_run else "deleted"
             for backup in selected:
                 print(f"{verb} {backup.id}  {backup.label}  {backup.status.value}  "
                       f"{_when(backup)}")
-            print(f"{len(selected)} backup(s) {verb}")
+            print(f"{len(selected)} backup(s) {'would be deleted' if args.dry_run else 'deleted'}")
             return EX_OK
     raise AssertionError(command)
 

@@ -329,7 +329,7 @@ class RetentionConfig(Model):
 
 
 class UploadsConfig(Model):
-    """How each drive's upload is retried (exponential backoff with full jitter)."""
+    """How each drive's upload is retried (exponential backoff with equal jitter)."""
 
     attempts: int = Field(default=5, ge=1, le=100)
     initial_backoff: float = Field(default=2.0, ge=0)

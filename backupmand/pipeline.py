@@ -34,7 +34,7 @@ from .config import Settings
 from .drives.base import Drive
 from .errors import DriveError, DumpError, ProcessError
 from .files import fsync_directory, remove_quietly
-from .locks import slug
+from .locks import Locks, slug
 from .models import Backup, DriveFile, Status, utcnow
 from .notifiers.base import Notifier
 from .sources.base import Source
@@ -58,6 +58,8 @@ class Services:
     dump_slots: asyncio.Semaphore
     upload_failures: Counter[str] = dataclasses.field(default_factory=Counter)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    #: The per-source locks (retention holds one while it deletes a failed backup).
+    locks: Locks | None = None
     #: Called with (label, step) as a backup moves on: feeds STATUS= and the CLI's progress.
     on_progress: Callable[[str, str], None] | None = None
 

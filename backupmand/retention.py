@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from .config import RetentionConfig
+from .errors import NotFoundError
 from .files import remove_quietly
 from .models import Backup, Status, rfc3339, utcnow
 
@@ -75,12 +76,32 @@ async def prune(
     deleted: list[Backup] = []
     for backup in expired:
         with structlog.contextvars.bound_contextvars(backup_id=backup.id, label=backup.label):
-            if await _delete_remote_files(services, backup):
-                if backup.dump_path:
-                    await asyncio.to_thread(remove_quietly, Path(backup.dump_path))
-                await catalog.delete_backup(backup.id)
-                log.info("retention.deleted", created_at=rfc3339(backup.created_at))
-                deleted.append(backup)
+            lock = None
+            if backup.status is Status.FAILED and services.locks is not None:
+                # A failed backup can be retried at any moment: hold its source's lock,
+                # and make sure it is still failed, so a retry and a delete never cross.
+                lock = services.locks.source(backup.label)
+                if not await asyncio.to_thread(lock.try_acquire):
+                    log.info("retention.skipped", reason="a backup of this source is in flight")
+                    continue
+            try:
+                if lock is not None:
+                    try:
+                        current = await catalog.get_backup(backup.id)
+                    except NotFoundError:
+                        continue
+                    if current.status is not Status.FAILED:
+                        continue
+                if await _delete_remote_files(services, backup):
+                    if backup.dump_path:
+                        await asyncio.to_thread(remove_quietly, Path(backup.dump_path))
+                    await catalog.delete_backup(backup.id)
+                    log.info("retention.deleted", created_at=rfc3339(backup.created_at),
+                             status=backup.status.value)
+                    deleted.append(backup)
+            finally:
+                if lock is not None:
+                    lock.release()
     return deleted
 
 

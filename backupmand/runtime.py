@@ -94,6 +94,7 @@ class Runtime:
                     settings=settings, catalog=catalog, sources=sources, drives=drives,
                     notifiers=build_notifiers(settings),
                     dump_slots=asyncio.Semaphore(settings.dump_concurrency),
+                    locks=locks,
                 )
                 runtime = cls(settings, services, locks)
                 try:

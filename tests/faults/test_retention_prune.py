@@ -189,3 +189,35 @@ def test_prune_cli_dry_run_then_for_real(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "drive").iterdir()] == [rows[2][1]]
     again = run_cli("prune", "--dry-run", config=pruning)
     assert again.returncode == 0 and "0 backup(s)" in again.stdout
+
+
+async def test_a_failed_backup_being_retried_is_never_pruned(tmp_path, make_settings, open_runtime):
+    settings = make_settings()
+    async with open_runtime(settings) as runtime:
+        (first,) = await history(runtime, 1)
+        (broken,) = await runtime.start_backups()
+        (broken,) = await runtime.wait([broken.id])
+        broken = await runtime.catalog.fail_backup(broken.id, "made to fail")
+        await runtime.catalog.update_backup(broken.id, status=Status.FAILED, error="made to fail")
+        await history(runtime, 1)
+        use_policy(runtime, by="count", value=1, min_keep=1)
+        lock = runtime.locks.source("app")  # as a retry in another process would hold it
+        assert lock.try_acquire()
+        try:
+            deleted = await prune(runtime.services)
+        finally:
+            lock.release()
+        left = {b.id for b in await runtime.catalog.list_backups()}
+        assert first.id in {b.id for b in deleted}
+        assert broken.id in left, "the failed backup's source was busy: it stays"
+        deleted = await prune(runtime.services)
+        assert broken.id in {b.id for b in deleted}
+
+
+def test_prune_with_retention_disabled_deletes_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yml", base_config(tmp_path))
+    for _ in range(2):
+        assert run_cli("run", config=config).returncode == 0
+    result = run_cli("prune", config=config)
+    assert result.returncode == 0 and "retention is not enabled" in result.stdout
+    assert len(list((tmp_path / "drive").iterdir())) == 2
