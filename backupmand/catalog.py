@@ -215,18 +215,24 @@ class Catalog:
         )
         return await self.get_backup(identifier)
 
-    async def update_backup(self, backup_id: str, **fields: Any) -> Backup:
-        unknown = set(fields) - _BACKUP_FIELDS
+    async def _update(self, table: str, allowed: set[str], identifier: str,
+                      fields: dict[str, Any]) -> None:
+        """Set ``fields`` (and updated_at) on one row; NotFoundError when there is none."""
+        unknown = set(fields) - allowed
         if unknown:
-            raise ValueError(f"unknown backup fields {sorted(unknown)}")
+            raise ValueError(f"unknown {table} fields {sorted(unknown)}")
         values: dict[str, Any] = {key: _column_value(value) for key, value in fields.items()}
         values["updated_at"] = to_db_time(utcnow())
         assignments = ", ".join(f"{key} = ?" for key in values)
         cursor = await self._db.execute(
-            f"UPDATE backups SET {assignments} WHERE id = ?", (*values.values(), backup_id)
+            f"UPDATE {table} SET {assignments} WHERE id = ?", (*values.values(), identifier)
         )
         if cursor.rowcount == 0:
-            raise NotFoundError(f"no backup with id {backup_id}")
+            kind = "backup" if table == "backups" else "drive file"
+            raise NotFoundError(f"no {kind} with id {identifier}")
+
+    async def update_backup(self, backup_id: str, **fields: Any) -> Backup:
+        await self._update("backups", _BACKUP_FIELDS, backup_id, fields)
         return await self.get_backup(backup_id)
 
     async def get_backup(self, backup_id: str) -> Backup:
@@ -345,17 +351,7 @@ class Catalog:
         return await self.get_drive_file(identifier)
 
     async def update_drive_file(self, drive_file_id: str, **fields: Any) -> DriveFile:
-        unknown = set(fields) - _DRIVE_FILE_FIELDS
-        if unknown:
-            raise ValueError(f"unknown drive file fields {sorted(unknown)}")
-        values: dict[str, Any] = {key: _column_value(value) for key, value in fields.items()}
-        values["updated_at"] = to_db_time(utcnow())
-        assignments = ", ".join(f"{key} = ?" for key in values)
-        cursor = await self._db.execute(
-            f"UPDATE drive_files SET {assignments} WHERE id = ?", (*values.values(), drive_file_id)
-        )
-        if cursor.rowcount == 0:
-            raise NotFoundError(f"no drive file with id {drive_file_id}")
+        await self._update("drive_files", _DRIVE_FILE_FIELDS, drive_file_id, fields)
         return await self.get_drive_file(drive_file_id)
 
     async def get_drive_file(self, drive_file_id: str) -> DriveFile:

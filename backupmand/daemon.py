@@ -55,7 +55,10 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
                 return f"backing up {steps}"
             return f"idle; next backup {schedule.next_run_text()}"
 
-        runtime.add_progress_listener(lambda _label, _step: systemd.status(describe()))
+        def report(_label: str, _step: str) -> None:
+            systemd.status(describe())
+
+        runtime.add_progress_listener(report)
         watchdog = asyncio.create_task(systemd.watchdog_loop())
         log.info("daemon.ready", listen=host, port=chosen_port, next_run=schedule.next_run_text())
         systemd.ready(describe())

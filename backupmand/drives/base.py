@@ -17,12 +17,14 @@ each of them:
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import BinaryIO, ClassVar, Generic, TypeVar
 
 from ..config import DriveBase
+from ..errors import DriveError
 
 ConfigT = TypeVar("ConfigT", bound=DriveBase)
 
@@ -33,6 +35,14 @@ class StoredFile:
 
     path: str
     size: int
+
+
+async def open_for_upload(source: Path) -> BinaryIO:
+    """The local dump opened for reading, off the event loop; DriveError if it cannot be."""
+    try:
+        return await asyncio.to_thread(open, source, "rb")
+    except OSError as error:
+        raise DriveError(f"cannot read {source}: {error.strerror or error}") from None
 
 
 class Drive(abc.ABC, Generic[ConfigT]):

@@ -66,7 +66,7 @@ from yarl import URL
 
 from ..config import GoogleDrive
 from ..errors import DriveError, HealthError, VerificationError
-from .base import Drive, StoredFile
+from .base import Drive, StoredFile, open_for_upload
 from .google_auth import GoogleCredentials
 
 log = structlog.get_logger("backupmand.drives.google")
@@ -380,10 +380,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         folder = await self.folder_id()
         if await self._files_named(folder, name, folders_only=False):
             raise DriveError(f"{where} already exists: not overwritten", retryable=False)
-        try:
-            handle = await asyncio.to_thread(open, source, "rb")
-        except OSError as error:
-            raise DriveError(f"cannot read {source}: {error.strerror or error}") from None
+        handle = await open_for_upload(source)
         try:
             session_uri = await self._start_session(name, folder, size, sha256, where)
             try:

@@ -72,7 +72,7 @@ from botocore.exceptions import (
 
 from ..config import S3Drive
 from ..errors import DriveError, HealthError, VerificationError
-from .base import Drive, StoredFile
+from .base import Drive, StoredFile, open_for_upload
 
 MiB = 1024 * 1024
 #: The smallest part this drive sends (S3's own minimum is 5 MiB).
@@ -289,10 +289,7 @@ class S3Bucket(Drive[S3Drive]):
         else:
             raise DriveError(f"{where} already exists: not overwritten", retryable=False)
 
-        try:
-            handle = await asyncio.to_thread(open, source, "rb")
-        except OSError as error:
-            raise DriveError(f"cannot read {source}: {error.strerror or error}") from None
+        handle = await open_for_upload(source)
         try:
             reader = _PartReader(handle)
             part_size = part_size_for(size)

@@ -75,3 +75,16 @@ class TailCheck:
 
     def contains(self, marker: bytes) -> bool:
         return marker in self.tail
+
+
+class ServerSource(Source[ConfigT]):
+    """A source reached over the network with a host, a port and an optional password."""
+
+    def secrets(self) -> tuple[str, ...]:
+        password = getattr(self.config, "password", None)
+        return (password.get_secret_value(),) if password and password.get_secret_value() else ()
+
+    @property
+    def where(self) -> str:
+        config = self.config
+        return f"{getattr(config, 'host', '?')}:{getattr(config, 'port', '?')}"

@@ -52,7 +52,7 @@ from .. import process
 from ..config import MysqlSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ._streams import find_tool, peek, write_private_file
-from .base import Source, TailCheck
+from .base import ServerSource, TailCheck
 from .options import check_mysqldump_options
 
 DUMP_TOOLS = ("mariadb-dump", "mysqldump")
@@ -94,16 +94,8 @@ async def _flavor(tool: str) -> str:
     return _flavors[tool]
 
 
-class MysqlDatabase(Source[MysqlSource]):
+class MysqlDatabase(ServerSource[MysqlSource]):
     provider = "mysql"
-
-    def secrets(self) -> tuple[str, ...]:
-        password = self.config.password
-        return (password.get_secret_value(),) if password and password.get_secret_value() else ()
-
-    @property
-    def where(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
 
     # ------------------------------------------------------------------ plumbing
 

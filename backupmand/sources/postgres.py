@@ -49,7 +49,7 @@ from ..config import PostgresSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ..files import read_file
 from ._streams import find_tool, peek, write_chunks
-from .base import Source, TailCheck
+from .base import ServerSource, TailCheck
 from .options import check_pg_dump_options
 
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
@@ -97,20 +97,12 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-class PostgresDatabase(Source[PostgresSource]):
+class PostgresDatabase(ServerSource[PostgresSource]):
     provider = "postgres"
 
     @property
     def extension(self) -> str:
         return ".dump" if self.config.format == "custom" else ".sql"
-
-    def secrets(self) -> tuple[str, ...]:
-        password = self.config.password
-        return (password.get_secret_value(),) if password and password.get_secret_value() else ()
-
-    @property
-    def where(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
 
     # ------------------------------------------------------------------ plumbing
 

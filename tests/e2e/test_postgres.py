@@ -366,14 +366,14 @@ async def test_dump_timeout_and_no_password_in_argv(
                        password=AWKWARD_PASSWORD, timeout=1.5)
     async with table_locked(postgres_server, app_db, "billing.invoices"):
         task = asyncio.create_task(dump_bytes(source, tmp_path / "work"))
-        await wait_for_pids("pg_dump", b"dbname=")
+        await wait_for_pids("pg_dump", b"quoted")  # this test's database, no other pg_dump
         # pg_dump is now waiting for the lock: nothing anywhere shows the password.
         for _pid, cmdline in proc_cmdlines():
             assert AWKWARD_PASSWORD.encode() not in cmdline
             assert b"with spaces" not in cmdline
         with pytest.raises(DumpError, match=r"pg_dump timed out after 1\.5 s"):
             await task
-    assert pids_running("pg_dump", b"dbname=") == []  # the process group was stopped
+    assert pids_running("pg_dump", b"quoted") == []  # the process group was stopped
 
 
 async def test_dump_killed_midway_fails(postgres_server: PostgresServer, tmp_path: Path) -> None:
