@@ -163,6 +163,8 @@ def test_signed_download_urls(two_sources):
             assert response.read() == expected
             assert response.headers["Content-Disposition"] == (
                 f'attachment; filename="{backup["DriveFiles"][0]["Label"]}"')
+        key_file = two_sources.parent / "state" / "url-signing.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600, "the signing key is kept private"
         tampered = url.replace("signature=", "signature=0")
         assert server.request("GET", tampered[len(server.url):], key=None)[0] == 401
         expired = re.sub(r"expires=\d+", "expires=1000", url)
