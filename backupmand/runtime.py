@@ -63,6 +63,8 @@ class Runtime:
         self.closing = False
         self._tasks: dict[str, asyncio.Task[Backup]] = {}
         self._progress_listeners: list[Callable[[str, str], None]] = []
+        #: label -> (backup id, set once that backup let go of the source's lock)
+        self._releases: dict[str, tuple[str, asyncio.Event]] = {}
         self.running: dict[str, str] = {}  # label -> step, for STATUS= and /health
         services.on_progress = self._on_progress
 
@@ -224,8 +226,8 @@ class Runtime:
         started: list[Backup] = []
         busy: list[str] = []
         for label in self.source_labels(labels):
-            lock = self.locks.source(label)
-            if not await asyncio.to_thread(lock.try_acquire):
+            lock = await self._acquire(label)
+            if lock is None:
                 busy.append(label)
                 log.info("backup.skipped", label=label, reason="a backup of it is in flight")
                 continue
@@ -264,8 +266,8 @@ class Runtime:
             raise ConflictError(
                 f"the local dump of backup {backup_id} is gone, so its uploads cannot be "
                 "retried: start a new backup")
-        lock = self.locks.source(backup.label)
-        if not await asyncio.to_thread(lock.try_acquire):
+        lock = await self._acquire(backup.label)
+        if lock is None:
             raise ConflictError(f"a backup of {backup.label} is in flight")
         try:
             backup = await self.catalog.update_backup(
@@ -280,16 +282,51 @@ class Runtime:
         return backup
 
     def _launch(self, backup: Backup, lock: FileLock) -> None:
+        released = asyncio.Event()
+        self._releases[backup.label] = (backup.id, released)
+
+        def release() -> None:
+            lock.release()
+            released.set()
+
         async def run() -> Backup:
             try:
-                return await run_backup(self.services, backup, recorded=lock.release)
+                return await run_backup(self.services, backup, recorded=release)
             finally:
                 if lock.held:  # stopped before its outcome was recorded
-                    lock.release()
+                    release()
                     self.running.pop(backup.label, None)
                 self._tasks.pop(backup.id, None)
+                if self._releases.get(backup.label, (None,))[0] == backup.id:
+                    del self._releases[backup.label]
 
         self._tasks[backup.id] = asyncio.create_task(run(), name=f"backup-{backup.id}")
+
+    async def _acquire(self, label: str) -> FileLock | None:
+        """The source's lock, or None while a backup of it is in flight.
+
+        A backup of ours whose outcome is already in the catalog is about to let go of
+        the lock: a client that read that outcome and asks again at once waits for the
+        release instead of getting a spurious 409.
+        """
+        lock = self.locks.source(label)
+        if await asyncio.to_thread(lock.try_acquire):
+            return lock
+        holder = self._releases.get(label)
+        if holder is None:
+            return None
+        backup_id, released = holder
+        try:
+            current = await self.catalog.get_backup(backup_id)
+        except NotFoundError:
+            current = None
+        if current is not None and current.status is Status.PENDING:
+            return None
+        try:
+            await asyncio.wait_for(released.wait(), 10)
+        except TimeoutError:
+            return None
+        return lock if await asyncio.to_thread(lock.try_acquire) else None
 
     async def wait(self, backup_ids: Iterable[str]) -> list[Backup]:
         """Wait for the given backups to end; return their final records."""

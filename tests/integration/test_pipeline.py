@@ -227,3 +227,32 @@ async def test_one_failing_drive_fails_the_backup_and_keeps_the_dump(tmp_path, m
     assert statuses["bad"].attempts == 2
     assert "upload to bad failed" in final.error
     assert final.dump_path and Path(final.dump_path).is_file(), "kept for retry"
+
+
+async def test_asking_again_right_after_the_outcome_is_recorded_is_not_a_conflict(
+    tmp_path, make_settings, open_runtime, monkeypatch
+):
+    """Between the recorded outcome and the lock's release the dump file is removed; a
+    client that read "finished" and starts the source again must not get a 409."""
+    import backupmand.pipeline as pipeline
+
+    removing = asyncio.Event()
+    proceed = threading.Event()
+    original = pipeline.remove_dump_file
+    loop = asyncio.get_running_loop()
+
+    def slow_remove(path: Path) -> None:
+        loop.call_soon_threadsafe(removing.set)
+        proceed.wait(10)
+        original(path)
+
+    monkeypatch.setattr(pipeline, "remove_dump_file", slow_remove)
+    settings = make_settings()
+    async with open_runtime(settings) as runtime:
+        (first,) = await runtime.start_backups()
+        await removing.wait()
+        assert (await runtime.catalog.get_backup(first.id)).status is Status.FINISHED
+        loop.call_later(0.05, proceed.set)
+        (second,) = await runtime.start_backups(["app"])
+        finals = await runtime.wait([first.id, second.id])
+    assert [b.status for b in finals] == [Status.FINISHED, Status.FINISHED]
