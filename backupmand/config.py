@@ -196,6 +196,12 @@ class S3Drive(DriveBase):
     endpoint: str = ""
     prefix: str = ""
     force_path_style: bool = False
+    # Send a SHA-256 with every part (S3 checks it on arrival) and check the checksum S3
+    # reports after the upload; false for S3-compatible services that reject checksums.
+    checksums: bool = True
+    # Send ``If-None-Match: *`` so that nothing is ever overwritten, even by a concurrent
+    # writer; false for S3-compatible services that reject conditional writes.
+    conditional_writes: bool = True
 
     @model_validator(mode="after")
     def _keys_together(self) -> S3Drive:

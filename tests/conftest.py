@@ -17,6 +17,8 @@ from tests.helpers import base_config, write_config
 pytest_plugins = [
     "tests.servers.mariadb",
     "tests.servers.postgres",
+    "tests.servers.s3",
+    "tests.servers.fake_gdrive",
     "tests.servers.smtp",
     "tests.servers.webhook",
 ]

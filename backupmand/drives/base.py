@@ -53,7 +53,9 @@ class Drive(abc.ABC, Generic[ConfigT]):
         """Store ``source`` as ``name``; verify it; raise DriveError (or VerificationError)."""
 
     @abc.abstractmethod
-    def download(self, path: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def download(
+        self, path: str, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
         """Stream the stored file's bytes [start, end)."""
 
     @abc.abstractmethod

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,9 +40,24 @@ class LocalFolder(Drive[LocalDrive]):
     async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
         if "/" in name or name.startswith("."):
             raise DriveError(f"invalid file name {name!r}", retryable=False)
-        return await asyncio.to_thread(self._copy, source, name, size, sha256)
+        # The copy runs in a thread, which a cancellation cannot stop: on cancellation,
+        # tell it to stop, wait until it has removed its temporary file, and remove the
+        # final file if the copy had already finished.
+        stop = threading.Event()
+        copy = asyncio.ensure_future(
+            asyncio.to_thread(self._copy, source, name, size, sha256, stop))
+        try:
+            return await asyncio.shield(copy)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(Exception):
+                stored = await copy
+                await asyncio.to_thread(remove_quietly, Path(stored.path))
+            raise
 
-    def _copy(self, source: Path, name: str, size: int, sha256: str) -> StoredFile:
+    def _copy(
+        self, source: Path, name: str, size: int, sha256: str, stop: threading.Event
+    ) -> StoredFile:
         folder = self.folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -54,6 +70,8 @@ class LocalFolder(Drive[LocalDrive]):
             written = 0
             with open(source, "rb") as reader, open(temporary, "xb") as writer:
                 while block := reader.read(READ_SIZE):
+                    if stop.is_set():
+                        raise DriveError(f"upload to {final} interrupted")
                     digest.update(block)
                     writer.write(block)
                     written += len(block)
@@ -65,6 +83,8 @@ class LocalFolder(Drive[LocalDrive]):
                     f"read {written} bytes with {digest.hexdigest()[:12]}…",
                     retryable=False,
                 )
+            if stop.is_set():
+                raise DriveError(f"upload to {final} interrupted")
             try:
                 os.link(temporary, final)
             except FileExistsError:
@@ -72,7 +92,8 @@ class LocalFolder(Drive[LocalDrive]):
                 # bytes under the same name are that upload, not a collision.
                 if sha256_file(final) == (size, sha256):
                     return StoredFile(path=str(final), size=size)
-                raise DriveError(f"{final} already exists: not overwritten", retryable=False) from None
+                raise DriveError(
+                    f"{final} already exists: not overwritten", retryable=False) from None
             stored = final.stat().st_size
             if stored != size:
                 raise VerificationError(f"{final} holds {stored} bytes, expected {size}")
