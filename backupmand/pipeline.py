@@ -211,6 +211,9 @@ async def write_compressed(
         try:
             async for chunk in chunks:
                 raw += len(chunk)
+                if not pending and len(chunk) >= BLOCK_SIZE:
+                    await asyncio.to_thread(absorb, chunk)  # already a block: no copy
+                    continue
                 pending += chunk
                 if len(pending) >= BLOCK_SIZE:
                     block = bytes(pending)
