@@ -48,6 +48,7 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
 
 @dataclasses.dataclass
 class Timed:
+    started_at: dt.datetime  # wall clock, to place the process's log lines
     seconds: float
     returncode: int
     peak_rss_kib: int | None  # VmHWM of the process itself, polled
@@ -67,6 +68,7 @@ def run_timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     and the descendants it reaped (pg_dump), so it is only an upper bound.
     """
     with tempfile.TemporaryFile() as stderr:
+        started_at = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
         process = subprocess.Popen(list(argv), env=dict(env) if env is not None else None,
                                    cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -89,7 +91,7 @@ def run_timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         text = stderr.read().decode("utf-8", "replace")
     if check and process.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {process.returncode}:\n{text[-4000:]}")
-    return Timed(seconds, process.returncode, max(peak) if peak else None,
+    return Timed(started_at, seconds, process.returncode, max(peak) if peak else None,
                  usage.ru_maxrss if poll_rss else None, text)
 
 

@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -278,6 +279,7 @@ class Bench:
         variants += [f"shell:{name}" for name in shells]
         times: dict[str, list[float]] = {v: [] for v in variants}
         rss: dict[str, list[float]] = {v: [] for v in variants}
+        phases: dict[str, list[tuple[float, ...]]] = {v: [] for v in variants}
         for number, order in self.rounds(variants, self.options.runs):
             for variant in order:
                 kind, _, name = variant.partition(":")
@@ -285,11 +287,12 @@ class Bench:
                 if kind == "shell":
                     seconds = self.run_shell(shells[name], folder)
                 else:
-                    timed, _ = self.run_backupmand(kind, folder, db="big", compression=name)
+                    timed, events = self.run_backupmand(kind, folder, db="big", compression=name)
                     seconds = timed.seconds
                     shutil.rmtree(folder, ignore_errors=True)
                     assert timed.peak_rss_kib is not None
                     rss[variant].append(timed.peak_rss_kib * 1024 / MB)
+                    phases[variant].append(_phases(timed, events))
                 times[variant].append(seconds)
                 log(f"  round {number + 1}: {variant} {seconds:.2f} s")
         pairs = [("1a", "zstd", "zstd -3 -T0", 1.05), ("1b", "gzip", "gzip -6", 1.0),
@@ -322,19 +325,35 @@ class Bench:
                                                    strict=True))]
                 for key, c, s, _ in pairs]),
         )
+        self.report.section(
+            "1. Where backupmand's time goes",
+            "From its log lines (median of the rounds, seconds): *start-up* is process start "
+            "to `backup.started` (interpreter, imports, config, catalog, recovery); *dump* "
+            "is `dump.started` to `dump.finished` (pg_dump, compression, SHA-256, write, "
+            "fsync); *upload* is `dump.finished` to the last `upload.finished` (the local "
+            "drive's verified copy and its fsync); *finish* is the rest (catalog, removing "
+            "the local dump, exit).",
+            "",
+            *table(["variant", "start-up", "dump", "upload", "finish", "total"],
+                   [[f"backupmand {v.split(':', 1)[1]}" + (" (before)" if v.startswith("before")
+                                                           else "")]
+                    + [f"{statistics.median(p[i] for p in phases[v]):.2f}" for i in range(5)]
+                    for v in variants if phases[v]]),
+        )
         if "before" in self.trees:
-            self.report.section("1. (before → after)", *table(
-                ["compression", "before: median wall", "after: median wall",
-                 "before: median ratio", "after: median ratio", "before: peak RSS",
-                 "after: peak RSS"],
-                [[c, f"{Summary(tuple(times[f'before:{c}'])).median:.2f} s",
-                  f"{Summary(tuple(times[f'after:{c}'])).median:.2f} s",
-                  f"{ratio_summary(times[f'before:{c}'], times[f'shell:{s}']).median:.3f}",
-                  f"{ratio_summary(times[f'after:{c}'], times[f'shell:{s}']).median:.3f}"
-                  f" (vs {s})",
-                  f"{Summary(tuple(rss[f'before:{c}'])).median:.0f} MB",
-                  f"{Summary(tuple(rss[f'after:{c}'])).median:.0f} MB"]
-                 for c, s in (("zstd", "zstd -3 -T0"), ("gzip", "pigz -6"), ("none", "none"))]))
+            references = (("zstd", "zstd -3 -T0"), ("gzip", "gzip -6"), ("gzip", "pigz -6"),
+                          ("none", "none"))
+            self.report.section("1. Before → after", *table(
+                ["compression", "median wall before → after", "median ratio before → after",
+                 "against", "peak RSS before → after"],
+                [[c, f"{statistics.median(times[f'before:{c}']):.2f} → "
+                     f"{statistics.median(times[f'after:{c}']):.2f} s",
+                  f"{ratio_summary(times[f'before:{c}'], times[f'shell:{s}']).median:.3f} → "
+                  f"{ratio_summary(times[f'after:{c}'], times[f'shell:{s}']).median:.3f}",
+                  f"`{s}`",
+                  f"{statistics.median(rss[f'before:{c}']):.0f} → "
+                  f"{statistics.median(rss[f'after:{c}']):.0f} MB"]
+                 for c, s in references]))
 
     # ------------------------------------------------------------------ 2. memory
 
@@ -665,6 +684,10 @@ class Bench:
         for section in self.report.sections:
             lines += [f"## {section.title}", "", *section.lines, ""]
         lines += ["## Method", "", *METHOD, ""]
+        notes = Path(__file__).parent / "NOTES.md"
+        if notes.exists() and not options.smoke:
+            lines += ["## Notes (bench/NOTES.md, written by hand)", "",
+                      notes.read_text().split("\n", 1)[1].strip(), ""]
         options.output.parent.mkdir(parents=True, exist_ok=True)
         options.output.write_text("\n".join(lines))
         log(f"wrote {options.output}")
@@ -690,6 +713,18 @@ METHOD = [
     "- The machine is shared and noisy: variants are interleaved and their order "
     "rotated; ratios are taken within a round, then summarised.",
 ]
+
+
+def _phases(timed: Timed, events: Sequence[Event]) -> tuple[float, ...]:
+    """(start-up, dump, upload, finish, total) seconds of one `backupmand run`."""
+    started = first(events, "backup.started").at
+    dumped = first(events, "dump.finished")
+    uploaded = max(e.at for e in events if e.name == "upload.finished")
+    ended = timed.started_at + dt.timedelta(seconds=timed.seconds)
+    return ((started - timed.started_at).total_seconds(),
+            (dumped.at - first(events, "dump.started").at).total_seconds(),
+            (uploaded - dumped.at).total_seconds(), (ended - uploaded).total_seconds(),
+            timed.seconds)
 
 
 def _size_label(size: int) -> str:
