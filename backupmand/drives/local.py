@@ -92,7 +92,8 @@ class LocalFolder(Drive[LocalDrive]):
                 # bytes under the same name are that upload, not a collision.
                 if sha256_file(final) == (size, sha256):
                     return StoredFile(path=str(final), size=size)
-                raise DriveError(f"{final} already exists: not overwritten", retryable=False) from None
+                raise DriveError(
+                    f"{final} already exists: not overwritten", retryable=False) from None
             stored = final.stat().st_size
             if stored != size:
                 raise VerificationError(f"{final} holds {stored} bytes, expected {size}")

@@ -89,3 +89,39 @@ async def test_fail_backup_fails_pending_drive_files_only():
     assert failed.status is Status.FAILED and failed.dump_status is Status.FAILED
     assert {f.drive: f.status for f in failed.drive_files} == {
         "one": Status.FINISHED, "two": Status.FAILED}
+
+
+async def test_the_api_list_rendered_by_sqlite_matches_to_api():
+    """list_backups_json (GET /api/backups) renders what Backup.to_api says, for every filter."""
+    import json
+
+    async with Catalog.open("memory") as catalog:
+        for index in range(7):
+            backup = await catalog.create_backup(
+                label="even" if index % 2 == 0 else "odd 'quoted' \"label\"",
+                source_provider="postgres", name=f"n{index}.sql.zst", compression="zstd")
+            for drive in ("zeta", "alpha", "mid")[: index % 4]:
+                record = await catalog.create_drive_file(
+                    backup_id=backup.id, drive=drive, provider="local", label=backup.name)
+                if drive != "mid":
+                    await catalog.update_drive_file(
+                        record.id, status=Status.FINISHED, path=f"/d/{drive}/é\\n", size=12,
+                        attempts=2, finished_at=record.created_at)
+            if index % 3 == 1:
+                await catalog.update_backup(backup.id, status=Status.FAILED, size=index,
+                                            sha256="ab" * 32, error="boom:\n\t\"quoted\" ✓")
+            elif index % 3 == 2:
+                await catalog.update_backup(backup.id, status=Status.FINISHED, dump_path="/tmp/x")
+        # Two drive files created at the same instant are ordered by drive label.
+        await catalog._db.execute(
+            "UPDATE drive_files SET created_at = '2025-07-02T10:00:00.000000Z'")
+        filters: list[dict[str, object]] = [
+            {}, {"limit": 3}, {"limit": 2, "offset": 2}, {"offset": 5}, {"offset": 50},
+            {"status": Status.FAILED}, {"label": "even"}, {"label": "odd 'quoted' \"label\""},
+            {"status": Status.PENDING, "label": "even", "limit": 1},
+        ]
+        for chosen in filters:
+            expected = {"Results": [b.to_api() for b in await catalog.list_backups(**chosen)]}
+            assert json.loads(await catalog.list_backups_json(**chosen)) == expected, chosen
+        listed = await catalog.list_backups()
+        assert [f.drive for f in listed[3].drive_files] == ["alpha", "mid", "zeta"]

@@ -256,3 +256,42 @@ async def test_asking_again_right_after_the_outcome_is_recorded_is_not_a_conflic
         (second,) = await runtime.start_backups(["app"])
         finals = await runtime.wait([first.id, second.id])
     assert [b.status for b in finals] == [Status.FINISHED, Status.FINISHED]
+
+
+async def _blocks(count: int, size: int = 1024 * 1024):
+    for index in range(count):
+        yield bytes([index % 251]) * size
+
+
+async def test_the_dump_is_written_back_while_it_is_written(tmp_path, monkeypatch):
+    """write_compressed flushes to disk along the way (fdatasync in a thread), then fsyncs."""
+    import os
+
+    from backupmand import pipeline
+
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(pipeline, "SYNC_EVERY", 2 * 1024 * 1024)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    partial = tmp_path / "dump.partial"
+    size, digest, raw = await pipeline.write_compressed(_blocks(9), partial, "none", None)
+    assert raw == size == 9 * 1024 * 1024 == partial.stat().st_size
+    assert digest == sha256(partial)
+    assert len(calls) >= 2
+
+
+async def test_a_write_back_error_fails_the_dump(tmp_path, monkeypatch):
+    """An error of a background fdatasync (a full disk) is raised, never swallowed."""
+    import errno
+    import os
+
+    from backupmand import pipeline
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "SYNC_EVERY", 1024 * 1024)
+    monkeypatch.setattr(os, "fdatasync", full)
+    with pytest.raises(OSError) as raised:
+        await pipeline.write_compressed(_blocks(6), tmp_path / "dump.partial", "none", None)
+    assert raised.value.errno == errno.ENOSPC
