@@ -313,7 +313,7 @@ async def test_dump_timeout_and_no_password_in_argv(
 
 
 async def test_dump_killed_midway_fails(mariadb_server: MariadbServer, tmp_path: Path) -> None:
-    db = "big"
+    db = "killed_midway"  # a name no other dump on this machine has
     mariadb_server.create_database(db)
     try:
         mariadb_server.sql("CREATE TABLE big (id INT PRIMARY KEY, pad TEXT) "
@@ -324,7 +324,7 @@ async def test_dump_killed_midway_fails(mariadb_server: MariadbServer, tmp_path:
         with pytest.raises(DumpError, match="mariadb-dump was killed by SIGKILL") as caught:
             async for chunk in source.dump(tmp_path):
                 if received == 0:
-                    for pid in pids_running("mariadb-dump", b"--\0big"):
+                    for pid in pids_running("mariadb-dump", b"--\0killed_midway"):
                         os.killpg(pid, signal.SIGKILL)
                 received += len(chunk)
         assert 0 < received < 24000 * 1024

@@ -377,7 +377,7 @@ async def test_dump_timeout_and_no_password_in_argv(
 
 
 async def test_dump_killed_midway_fails(postgres_server: PostgresServer, tmp_path: Path) -> None:
-    db = "big"
+    db = "killed_midway"  # a name no other pg_dump on this machine has
     postgres_server.create_database(db)
     try:
         # ~24 MB of dump: more than the pipe and the reader's buffer hold together.
@@ -388,7 +388,7 @@ async def test_dump_killed_midway_fails(postgres_server: PostgresServer, tmp_pat
         with pytest.raises(DumpError, match="pg_dump was killed by SIGKILL") as caught:
             async for chunk in source.dump(tmp_path):
                 if received == 0:
-                    for pid in pids_running("pg_dump", b"dbname='big'"):
+                    for pid in pids_running("pg_dump", b"dbname='killed_midway'"):
                         os.killpg(pid, signal.SIGKILL)
                 received += len(chunk)
         assert 0 < received < 24000 * 1024
