@@ -109,7 +109,16 @@ class SourceBase(Model):
         return _label_ok(value)
 
 
-class PostgresSource(SourceBase):
+class ServerSourceBase(SourceBase):
+    """A database server reached with a database name and a user."""
+
+    @field_validator("db_name", "user", check_fields=False)
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _identifier_ok(value)
+
+
+class PostgresSource(ServerSourceBase):
     provider: Literal["postgres", "postgresql"]
     host: str = "127.0.0.1"
     port: Port = 5432
@@ -122,11 +131,6 @@ class PostgresSource(SourceBase):
     format: Literal["plain", "custom"] = "plain"
     options: tuple[str, ...] = ()
 
-    @field_validator("db_name", "user")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _identifier_ok(value)
-
     @field_validator("options")
     @classmethod
     def _options(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
@@ -135,7 +139,7 @@ class PostgresSource(SourceBase):
         return check_pg_dump_options(value, custom=info.data.get("format") == "custom")
 
 
-class MysqlSource(SourceBase):
+class MysqlSource(ServerSourceBase):
     provider: Literal["mysql", "mariadb"]
     host: str = "127.0.0.1"
     port: Port = 3306
@@ -145,11 +149,6 @@ class MysqlSource(SourceBase):
     tls: bool = False
     ca_file: Path | None = None
     options: tuple[str, ...] = ()
-
-    @field_validator("db_name", "user")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return _identifier_ok(value)
 
     @field_validator("options")
     @classmethod
@@ -565,7 +564,15 @@ def parse_settings(
     try:
         settings = Settings.model_validate(prepared)
     except ValidationError as error:
-        problems.extend(_describe(item) for item in error.errors(include_input=False))
+        errors = error.errors(include_input=False)
+        # "at least 1 item" under a list whose items are themselves invalid says nothing new.
+        located = [tuple(item["loc"]) for item in errors]
+        problems.extend(
+            _describe(item) for item in errors
+            if not (item["type"] == "too_short" and any(
+                len(other) > len(item["loc"]) and other[:len(item["loc"])] == tuple(item["loc"])
+                for other in located))
+        )
         settings = None
     if problems:
         raise ConfigError(sorted(dict.fromkeys(problems)), source)
