@@ -621,20 +621,22 @@ class Bench:
                  "prometheus_client", "aiosmtplib")
         imported: dict[str, list[str]] = {}
         slowest: dict[str, str] = {}
-        for command, args in commands.items():
+        for variant in variants:
+            tree, _, command = variant.partition(":")
             result = subprocess.run(
-                [sys.executable, "-X", "importtime", "-m", "backupmand", *args],
-                env=self.env(), cwd=ROOT, capture_output=True, text=True, check=True)
+                [sys.executable, "-X", "importtime", "-m", "backupmand", *commands[command]],
+                env=self.env(tree), cwd=self.trees[tree], capture_output=True, text=True,
+                check=True)
             modules: list[tuple[int, str]] = []
             for line in result.stderr.splitlines():
                 if line.startswith("import time:") and "|" in line:
                     _, cumulative, name = (part.strip() for part in line[12:].split("|"))
                     if cumulative.isdigit():
                         modules.append((int(cumulative), name))
-            imported[command] = sorted({n.split(".")[0] for _, n in modules
+            imported[variant] = sorted({n.split(".")[0] for _, n in modules
                                         if n.split(".")[0] in heavy})
             top = sorted((m for m in modules if "." not in m[1]), reverse=True)[:3]
-            slowest[command] = ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in top)
+            slowest[variant] = ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in top)
         for key, command in (("5a", "--help"), ("5b", "version")):
             summary = Summary(tuple(times[f"after:{command}"]))
             self.report.row(Row(key, f"`backupmand {command}`", summary, "{:.3f}", " s",
@@ -649,8 +651,7 @@ class Bench:
                     "largest top-level imports (cumulative)"],
                    [[f"`{v.split(':')[1]}`" + (" (before)" if v.startswith("before") else ""),
                      Summary(tuple(times[v])).text("{:.3f}", " s"),
-                     ", ".join(imported[v.split(":")[1]]) or "none",
-                     slowest[v.split(":")[1]]] for v in variants]),
+                     ", ".join(imported[v]) or "none", slowest[v]] for v in variants]),
             "",
             f"Heavy modules looked for: {', '.join(heavy)}.",
         )
