@@ -16,7 +16,6 @@ benchmark works, not a measurement.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -588,7 +587,8 @@ class Bench:
         self.report.section(
             "4b, 4c. Listing the catalog",
             f"A catalog of {count:,} backups with 3 drive files each (written with SQL "
-            "into a catalog file created by backupmand's Catalog), served by a real "
+            "into a catalog file of backupmand's first schema, which each tree migrates to "
+            "its own when it starts), served by a real "
             f"`backupmand serve`; the whole list is {response_bytes:,} bytes of JSON. Each "
             "sample is one request on a new connection, timed until the last byte of the "
             f"body; {self.options.quick_runs} samples per variant after one warm-up request.",
@@ -746,15 +746,14 @@ def request(host: str, port: int, method: str, path: str) -> tuple[int, bytes]:
 
 
 def make_catalog(path: Path, count: int) -> None:
-    """A catalog file with ``count`` backups x 3 drive files, schema by backupmand itself."""
-    from backupmand.catalog import Catalog
+    """A catalog file with ``count`` backups x 3 drive files, in schema 1 (backupmand's
+    first migration): every tree understands it, and migrates it further when it opens it."""
+    from backupmand.catalog import MIGRATIONS
     from backupmand.models import to_db_time
 
-    async def create() -> None:
-        async with Catalog.open("sqlite", path):
-            pass
-
-    asyncio.run(create())
+    with sqlite3.connect(path, isolation_level=None) as connection:
+        connection.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    connection.close()
     rng = random.Random(20250702)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     labels = ["main", "analytics", "billing", "auth", "search"]

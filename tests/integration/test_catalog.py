@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
@@ -91,37 +92,70 @@ async def test_fail_backup_fails_pending_drive_files_only():
         "one": Status.FINISHED, "two": Status.FAILED}
 
 
-async def test_the_api_list_rendered_by_sqlite_matches_to_api():
-    """list_backups_json (GET /api/backups) renders what Backup.to_api says, for every filter."""
-    import json
+async def _assert_list_matches_to_api(catalog: Catalog) -> None:
+    filters: list[dict[str, object]] = [
+        {}, {"limit": 3}, {"limit": 2, "offset": 2}, {"offset": 5}, {"offset": 50},
+        {"status": Status.FAILED}, {"label": "even"}, {"label": "odd 'quoted' \"label\""},
+        {"status": Status.PENDING, "label": "even", "limit": 1},
+    ]
+    for chosen in filters:
+        expected = {"Results": [b.to_api() for b in await catalog.list_backups(**chosen)]}
+        assert json.loads(await catalog.list_backups_json(**chosen)) == expected, chosen
 
+
+async def _fill(catalog: Catalog) -> None:
+    """Backups and drive files in every state the pipeline leaves them in."""
+    for index in range(7):
+        backup = await catalog.create_backup(
+            label="even" if index % 2 == 0 else "odd 'quoted' \"label\"",
+            source_provider="postgres", name=f"n{index}.sql.zst", compression="zstd")
+        for drive in ("zeta", "alpha", "mid")[: index % 4]:
+            record = await catalog.create_drive_file(
+                backup_id=backup.id, drive=drive, provider="local", label=backup.name)
+            if drive != "mid":
+                await catalog.update_drive_file(
+                    record.id, status=Status.FINISHED, path=f"/d/{drive}/é\\n", size=12,
+                    attempts=2, finished_at=record.created_at)
+        if index % 3 == 1:
+            await catalog.update_backup(backup.id, status=Status.FAILED, size=index,
+                                        sha256="ab" * 32, error="boom:\n\t\"quoted\" ✓")
+        elif index % 3 == 2:
+            await catalog.update_backup(backup.id, status=Status.FINISHED, dump_path="/tmp/x")
+
+
+async def test_the_api_list_rendered_by_sqlite_matches_to_api():
+    """list_backups_json (GET /api/backups) serves what Backup.to_api says, for every filter,
+    after every kind of write: the triggers keep each backup's stored rendering current."""
     async with Catalog.open("memory") as catalog:
-        for index in range(7):
-            backup = await catalog.create_backup(
-                label="even" if index % 2 == 0 else "odd 'quoted' \"label\"",
-                source_provider="postgres", name=f"n{index}.sql.zst", compression="zstd")
-            for drive in ("zeta", "alpha", "mid")[: index % 4]:
-                record = await catalog.create_drive_file(
-                    backup_id=backup.id, drive=drive, provider="local", label=backup.name)
-                if drive != "mid":
-                    await catalog.update_drive_file(
-                        record.id, status=Status.FINISHED, path=f"/d/{drive}/é\\n", size=12,
-                        attempts=2, finished_at=record.created_at)
-            if index % 3 == 1:
-                await catalog.update_backup(backup.id, status=Status.FAILED, size=index,
-                                            sha256="ab" * 32, error="boom:\n\t\"quoted\" ✓")
-            elif index % 3 == 2:
-                await catalog.update_backup(backup.id, status=Status.FINISHED, dump_path="/tmp/x")
+        await _fill(catalog)
+        await _assert_list_matches_to_api(catalog)
         # Two drive files created at the same instant are ordered by drive label.
         await catalog._db.execute(
             "UPDATE drive_files SET created_at = '2025-07-02T10:00:00.000000Z'")
-        filters: list[dict[str, object]] = [
-            {}, {"limit": 3}, {"limit": 2, "offset": 2}, {"offset": 5}, {"offset": 50},
-            {"status": Status.FAILED}, {"label": "even"}, {"label": "odd 'quoted' \"label\""},
-            {"status": Status.PENDING, "label": "even", "limit": 1},
-        ]
-        for chosen in filters:
-            expected = {"Results": [b.to_api() for b in await catalog.list_backups(**chosen)]}
-            assert json.loads(await catalog.list_backups_json(**chosen)) == expected, chosen
+        await _assert_list_matches_to_api(catalog)
         listed = await catalog.list_backups()
         assert [f.drive for f in listed[3].drive_files] == ["alpha", "mid", "zeta"]
+        # fail_backup, a deleted drive file, a deleted backup (and its files, by cascade).
+        pending = await catalog.list_backups(status=Status.PENDING)
+        await catalog.fail_backup(pending[0].id, "interrupted")
+        await catalog.delete_drive_file(listed[3].drive_files[1].id)
+        await catalog.delete_backup(listed[4].id)
+        await catalog._db.execute("DELETE FROM backups WHERE id = ?", (listed[5].id,))
+        await _assert_list_matches_to_api(catalog)
+        assert len(await catalog.list_backups()) == 5
+
+
+async def test_migrating_renders_the_backups_already_there(tmp_path: Path):
+    """A catalog of schema 1 with backups in it: opening it adds and fills api_json."""
+    path = tmp_path / "catalog.db"
+    async with Catalog.open("sqlite", path) as catalog:
+        await _fill(catalog)
+        expected = await catalog.list_backups_json()
+    with sqlite3.connect(path, isolation_level=None) as raw:  # back to schema 1, rows kept
+        for trigger, in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            raw.execute(f"DROP TRIGGER {trigger}")
+        raw.execute("ALTER TABLE backups DROP COLUMN api_json")
+        raw.execute("PRAGMA user_version = 1")
+    async with Catalog.open("sqlite", path) as catalog:
+        assert await catalog.list_backups_json() == expected
+        await _assert_list_matches_to_api(catalog)
