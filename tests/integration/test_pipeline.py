@@ -78,6 +78,8 @@ async def test_wal_database_under_concurrent_writes_is_a_consistent_snapshot(
     connection.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
     connection.executemany("INSERT INTO accounts (balance) VALUES (?)", [(1000,)] * 200)
     connection.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note BLOB)")
+    # 20 MB: the backup API copies 100 pages per step, so every copy spans many commits.
+    connection.executemany("INSERT INTO ledger (note) VALUES (randomblob(4000))", [()] * 5000)
     connection.commit()
     connection.close()
     total = 200 * 1000
@@ -105,7 +107,7 @@ async def test_wal_database_under_concurrent_writes_is_a_consistent_snapshot(
         thread.start()
     settings = make_settings(data_sources=[
         {"provider": "sqlite", "label": "bank", "db_path": str(database),
-         "tmp_folder": str(tmp_path / "dumps")}])
+         "tmp_folder": str(tmp_path / "dumps"), "timeout": 30}])  # a livelock fails in 30 s
     try:
         while transfers < 200:  # let the writers get going before the snapshot
             await asyncio.sleep(0.01)
@@ -267,11 +269,11 @@ async def test_the_dump_is_written_back_while_it_is_written(tmp_path, monkeypatc
     """write_compressed flushes to disk along the way (fdatasync in a thread), then fsyncs."""
     import os
 
-    from backupmand import pipeline
+    from backupmand import files, pipeline
 
     calls = []
     real = os.fdatasync
-    monkeypatch.setattr(pipeline, "SYNC_EVERY", 2 * 1024 * 1024)
+    monkeypatch.setattr(files, "SYNC_EVERY", 2 * 1024 * 1024)
     monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
     partial = tmp_path / "dump.partial"
     size, digest, raw = await pipeline.write_compressed(_blocks(9), partial, "none", None)
@@ -285,12 +287,12 @@ async def test_a_write_back_error_fails_the_dump(tmp_path, monkeypatch):
     import errno
     import os
 
-    from backupmand import pipeline
+    from backupmand import files, pipeline
 
     def full(_fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "SYNC_EVERY", 1024 * 1024)
+    monkeypatch.setattr(files, "SYNC_EVERY", 1024 * 1024)
     monkeypatch.setattr(os, "fdatasync", full)
     with pytest.raises(OSError) as raised:
         await pipeline.write_compressed(_blocks(6), tmp_path / "dump.partial", "none", None)
