@@ -23,7 +23,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from .catalog import Catalog
 from .config import Settings
 from .drives.base import Drive
 from .errors import DriveError, DumpError, ProcessError
-from .files import fsync_directory, remove_quietly
+from .files import Writeback, fsync_directory, remove_quietly
 from .locks import Locks, slug
 from .models import Backup, DriveFile, Status, utcnow
 from .notifiers.base import Notifier
@@ -43,7 +42,6 @@ from .sources.base import Source
 log = structlog.get_logger("backupmand.pipeline")
 
 BLOCK_SIZE = 1024 * 1024
-SYNC_EVERY = 32 * 1024 * 1024
 NOTIFY_TIMEOUT = 120.0
 INTERRUPTED = "interrupted: backupmand was stopped before this backup ended"
 
@@ -214,32 +212,21 @@ async def write_compressed(
     compressor = codecs.compressor(compression, level, threads)
     digest = hashlib.sha256()
     handle = await asyncio.to_thread(open, partial, "xb")
+    writeback = Writeback(handle.fileno())
     written = 0
     raw = 0
-    # The file is written back to disk while the dump goes on, by an fdatasync every
-    # SYNC_EVERY bytes in a thread of its own, so that the final fsync has little left
-    # to wait for. Each one's outcome is checked: a write error is never lost.
-    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdatasync")
-    flushing: Future[None] | None = None
-    synced = 0
 
     def absorb(block: bytes | None) -> None:
-        nonlocal written, flushing, synced
+        nonlocal written
         output = compressor.compress(block) if block is not None else compressor.flush()
         if output:
             digest.update(output)
             handle.write(output)
             written += len(output)
-            if written - synced >= SYNC_EVERY and (flushing is None or flushing.done()):
-                if flushing is not None:
-                    flushing.result()
-                synced = written
-                flushing = flusher.submit(os.fdatasync, handle.fileno())
+            writeback.advance(written)
         if block is None:
-            if flushing is not None:
-                flushing.result()
             handle.flush()
-            os.fsync(handle.fileno())
+            writeback.finish()
 
     try:
         pending = bytearray()
@@ -263,7 +250,7 @@ async def write_compressed(
             raise DumpError("the dump tool produced no output")
         await asyncio.to_thread(absorb, None)
     finally:
-        await asyncio.to_thread(flusher.shutdown)  # no fdatasync may outlive the descriptor
+        await asyncio.to_thread(writeback.__exit__, None, None, None)
         await asyncio.to_thread(handle.close)
     return written, digest.hexdigest(), raw
 

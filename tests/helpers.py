@@ -213,3 +213,16 @@ async def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.02) 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str = "4m") -> Iterator[bool]:
+    """A tmpfs of ``size`` on ``folder`` (True), or False where mounting is not allowed."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                              str(folder)], capture_output=True, check=False).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)

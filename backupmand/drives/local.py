@@ -3,25 +3,101 @@
 Writes are atomic and never overwrite: the copy goes to a hidden temporary name,
 is fsynced, then hard-linked to its final name (link fails if the name exists),
 and the directory is fsynced.
+
+The copy is made by the kernel (copy_file_range; sendfile where the folder is on
+another file system), 64 MiB at a time, written back to disk as it goes
+(files.Writeback). A second thread hashes what has landed in the copy, chunk by
+chunk behind it, so what is verified is the copy itself, not only its source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
+import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import LocalDrive
 from ..errors import DriveError, HealthError, VerificationError
-from ..files import READ_SIZE, fsync_directory, read_file, remove_quietly, sha256_file
+from ..files import READ_SIZE, Writeback, fsync_directory, read_file, remove_quietly, sha256_file
 from .base import Drive, StoredFile
 
 TEMP_PREFIX = ".backupmand-upload-"
+COPY_CHUNK = 64 * 1024 * 1024
+#: What copy_file_range and sendfile answer for "not between these two files".
+_REFUSED = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def _copy_and_hash(
+    source: int, target: int, target_path: Path, stop: threading.Event
+) -> tuple[int, str]:
+    """Copy ``source`` into ``target`` (both at their current positions) and make it
+    durable; return the size and SHA-256 of what landed in ``target``. When ``stop``
+    is set, it stops within a chunk and returns what it has, not made durable."""
+    landed: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    copy = _kernel_copy(source, target)
+
+    def hash_behind() -> str:
+        digest = hashlib.sha256()
+        position = 0
+        with open(target_path, "rb") as copied:
+            while (end := landed.get()) is not None:
+                while position < end and not stop.is_set():
+                    block = copied.read(min(READ_SIZE, end - position))
+                    if not block:
+                        raise OSError(errno.EIO, f"{target_path} is shorter than written")
+                    digest.update(block)
+                    position += len(block)
+        return digest.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+        hashing = hasher.submit(hash_behind)
+        written = 0
+        try:
+            with Writeback(target) as writeback:
+                while not stop.is_set() and (count := copy(COPY_CHUNK)):
+                    written += count
+                    landed.put(written)
+                    writeback.advance(written)
+                if not stop.is_set():
+                    writeback.finish()
+        finally:
+            landed.put(None)
+        return written, hashing.result()
+
+
+def _kernel_copy(source: int, target: int) -> Callable[[int], int]:
+    """A function copying up to n bytes from ``source`` to ``target``, returning how many
+    it copied (0 at the end): copy_file_range; sendfile between file systems, where the
+    kernel refuses copy_file_range; read and write from what neither takes (a pipe)."""
+    ways = ["copy_file_range", "sendfile", "read"]
+    if not hasattr(os, "copy_file_range"):
+        ways.pop(0)
+
+    def copy(count: int) -> int:
+        while ways[0] != "read":
+            try:
+                if ways[0] == "sendfile":
+                    return os.sendfile(target, source, None, count)
+                return os.copy_file_range(source, target, count)
+            except OSError as error:
+                if error.errno not in _REFUSED:
+                    raise
+                ways.pop(0)
+        block = os.read(source, min(count, READ_SIZE))
+        rest = memoryview(block)
+        while rest:
+            rest = rest[os.write(target, rest):]
+        return len(block)
+
+    return copy
 
 
 class LocalFolder(Drive[LocalDrive]):
@@ -66,25 +142,18 @@ class LocalFolder(Drive[LocalDrive]):
         final = folder / name
         temporary = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
-            digest = hashlib.sha256()
-            written = 0
             with open(source, "rb") as reader, open(temporary, "xb") as writer:
-                while block := reader.read(READ_SIZE):
-                    if stop.is_set():
-                        raise DriveError(f"upload to {final} interrupted")
-                    digest.update(block)
-                    writer.write(block)
-                    written += len(block)
-                writer.flush()
-                os.fsync(writer.fileno())
-            if written != size or digest.hexdigest() != sha256:
-                raise VerificationError(
-                    f"{source} changed: expected {size} bytes with SHA-256 {sha256[:12]}…, "
-                    f"read {written} bytes with {digest.hexdigest()[:12]}…",
-                    retryable=False,
-                )
+                written, digest = _copy_and_hash(reader.fileno(), writer.fileno(), temporary,
+                                                 stop)
             if stop.is_set():
                 raise DriveError(f"upload to {final} interrupted")
+            if written != size or digest != sha256:
+                raise VerificationError(
+                    f"the copy of {source} does not match it: expected {size} bytes with "
+                    f"SHA-256 {sha256[:12]}…, copied {written} bytes with {digest[:12]}… "
+                    "(the local dump changed since it was written?)",
+                    retryable=False,
+                )
             try:
                 os.link(temporary, final)
             except FileExistsError:

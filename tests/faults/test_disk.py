@@ -6,7 +6,6 @@ Each one fails with a reason an operator can act on, and leaves nothing behind: 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import resource
@@ -14,27 +13,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backupmand.models import Status
 from tests.faults.support import dump_processes, make_blob_sqlite
-from tests.helpers import base_config, child_env, write_config
-
-
-@contextlib.contextmanager
-def small_filesystem(folder: Path, size: str = "4m") -> Iterator[bool]:
-    """A tmpfs of ``size`` on ``folder`` (True), or False where mounting is not allowed."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                              str(folder)], capture_output=True, check=False).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(folder)], check=False)
+from tests.helpers import base_config, child_env, small_filesystem, write_config
 
 
 def one_source(tmp_path: Path, database: Path, tmp_folder: Path, **extra: object) -> dict:
