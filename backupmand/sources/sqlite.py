@@ -3,9 +3,10 @@
 The copy is made with SQLite's backup API (the shell's ``.backup``) inside one read
 transaction, so it is one consistent snapshot that finishes even while writers are
 busy — never a raw file copy. In WAL mode writers go on meanwhile; in rollback-journal
-mode they wait (up to their busy timeout) until the copy is taken. The copy is checked with ``PRAGMA integrity_check`` before a single byte of it
-is handed on, and a restore goes back through the same API (``.restore``), so the
-target's own WAL and locks are respected.
+mode they wait (up to their busy timeout) until the copy is taken. The copy is
+checked with ``PRAGMA integrity_check`` before a single byte of it is handed on, and
+a restore goes back through the same API (``.restore``), so the target's own WAL and
+locks are respected.
 """
 
 from __future__ import annotations
