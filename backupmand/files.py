@@ -43,6 +43,13 @@ def fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+def fsync_file(path: Path) -> None:
+    """Make a file's contents (and its name) durable."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    fsync_directory(path.parent)
+
+
 def sha256_file(path: Path) -> tuple[int, str]:
     """Size and SHA-256 of a file (blocking: call it in a thread)."""
     digest = hashlib.sha256()

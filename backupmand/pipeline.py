@@ -1,6 +1,6 @@
 """What happens during a backup, in one place.
 
-    run_backup: dump -> compress + hash -> .partial -> fsync + rename
+    run_backup: dump -> compress + hash -> .partial -> rename
                 -> upload to every drive at once (each retried, verified, recorded on its own)
                 -> settle the status (finished: local dump removed; failed: dump kept for retry)
                 -> retention for the label -> notifications
@@ -33,7 +33,7 @@ from .catalog import Catalog
 from .config import Settings
 from .drives.base import Drive
 from .errors import DriveError, DumpError, ProcessError
-from .files import Writeback, fsync_directory, remove_quietly
+from .files import fsync_directory, fsync_file, remove_quietly
 from .locks import Locks, slug
 from .models import Backup, DriveFile, Status, utcnow
 from .notifiers.base import Notifier
@@ -179,7 +179,6 @@ def _publish(partial: Path, final: Path) -> None:
     if final.exists():
         raise DumpError(f"{final} already exists: not overwritten")
     os.rename(partial, final)
-    fsync_directory(final.parent)
 
 
 def _discard(partial: Path, workdir: Path) -> None:
@@ -202,7 +201,14 @@ async def write_compressed(
     chunks: AsyncIterator[bytes], partial: Path, compression: str, level: int | None,
     threads: int = 0,
 ) -> tuple[int, str, int]:
-    """Compress and hash ``chunks`` into ``partial`` (created, fsynced, closed).
+    """Compress and hash ``chunks`` into ``partial`` (created, written, closed).
+
+    The local dump is not fsynced here: it is only a stage. Each drive's copy is made
+    durable and verified against this function's SHA-256, and the local dump is removed
+    once every copy is; it is fsynced only when a failed backup keeps it for ``retry``
+    (settle). Should the machine lose power in between, the copy's verification fails
+    the backup honestly. Durability paid once instead of twice: for a 1 GiB plain dump
+    that is 1 GiB less written to disk.
 
     Returns (compressed size, SHA-256 of the compressed bytes, raw size). Pieces read
     from the pipe are gathered into 1 MiB blocks before each hop to the worker
@@ -212,7 +218,6 @@ async def write_compressed(
     compressor = codecs.compressor(compression, level, threads)
     digest = hashlib.sha256()
     handle = await asyncio.to_thread(open, partial, "xb")
-    writeback = Writeback(handle.fileno())
     written = 0
     raw = 0
 
@@ -223,10 +228,8 @@ async def write_compressed(
             digest.update(output)
             handle.write(output)
             written += len(output)
-            writeback.advance(written)
         if block is None:
             handle.flush()
-            writeback.finish()
 
     try:
         pending = bytearray()
@@ -250,7 +253,6 @@ async def write_compressed(
             raise DumpError("the dump tool produced no output")
         await asyncio.to_thread(absorb, None)
     finally:
-        await asyncio.to_thread(writeback.__exit__, None, None, None)
         await asyncio.to_thread(handle.close)
     return written, digest.hexdigest(), raw
 
@@ -345,6 +347,8 @@ async def settle(services: Services, backup: Backup) -> Backup:
                                            error="no drive is configured")
     if failed:
         reason = "; ".join(f"upload to {f.drive} failed: {f.error}" for f in failed)
+        if backup.dump_path:
+            await keep_dump(backup.dump_path)
         return await catalog.update_backup(backup.id, status=Status.FAILED, error=reason)
     # One write: nobody ever reads "finished" with a DumpPath about to vanish. Should
     # the process die before the file goes, recovery removes it (runtime.recover).
@@ -354,6 +358,14 @@ async def settle(services: Services, backup: Backup) -> Backup:
     if kept:
         await asyncio.to_thread(remove_dump_file, Path(kept))
     return backup
+
+
+async def keep_dump(dump_path: str) -> None:
+    """A failed backup keeps its local dump for ``retry``: now it is worth making durable."""
+    try:
+        await asyncio.to_thread(fsync_file, Path(dump_path))
+    except OSError as error:
+        log.warning("dump.not_durable", path=dump_path, error=error.strerror or str(error))
 
 
 async def remove_local_dump(catalog: Catalog, backup: Backup) -> Backup:

@@ -35,6 +35,7 @@ from .pipeline import (
     INTERRUPTED,
     Services,
     dump_name,
+    keep_dump,
     name_pattern,
     remove_dump_file,
     remove_local_dump,
@@ -159,6 +160,8 @@ class Runtime:
                         # A dump published just before the process died, never recorded.
                         folder = source.config.tmp_folder.expanduser()
                         await asyncio.to_thread(remove_quietly, folder / backup.name)
+                    elif recovered.dump_path:
+                        await keep_dump(recovered.dump_path)
                 finally:
                     lock.release()
         uploaded: list[Path] = []

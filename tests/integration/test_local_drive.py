@@ -8,6 +8,7 @@ the ways its copy can go that only a local folder has: the same file system
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 from collections import Counter
@@ -111,3 +112,15 @@ async def test_from_a_pipe_it_reads_and_writes(tmp_path, calls):
     await feeding
     assert stored.read_bytes() == data
     assert calls["copy_file_range"] == calls["sendfile"] == 1, "each tried once, refused"
+
+
+async def test_a_write_back_error_fails_the_upload(tmp_path, calls, monkeypatch):
+    """An error of a background fdatasync (a full disk) fails the upload, never swallowed."""
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full)
+    source, data = make_file(tmp_path, 5 * MiB)
+    with pytest.raises(DriveError, match="No space left on device"):
+        await upload(source, data, tmp_path / "drive")
+    assert [p.name for p in (tmp_path / "drive").iterdir()] == []

@@ -265,35 +265,47 @@ async def _blocks(count: int, size: int = 1024 * 1024):
         yield bytes([index % 251]) * size
 
 
-async def test_the_dump_is_written_back_while_it_is_written(tmp_path, monkeypatch):
-    """write_compressed flushes to disk along the way (fdatasync in a thread), then fsyncs."""
+@pytest.fixture
+def fsynced(monkeypatch) -> list[str]:
+    """The paths of the files os.fsync is called on (the real fsync still runs)."""
     import os
 
-    from backupmand import files, pipeline
+    paths: list[str] = []
+    real = os.fsync
 
-    calls = []
-    real = os.fdatasync
-    monkeypatch.setattr(files, "SYNC_EVERY", 2 * 1024 * 1024)
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
-    partial = tmp_path / "dump.partial"
-    size, digest, raw = await pipeline.write_compressed(_blocks(9), partial, "none", None)
-    assert raw == size == 9 * 1024 * 1024 == partial.stat().st_size
-    assert digest == sha256(partial)
-    assert len(calls) >= 2
+    def spy(descriptor: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return paths
 
 
-async def test_a_write_back_error_fails_the_dump(tmp_path, monkeypatch):
-    """An error of a background fdatasync (a full disk) is raised, never swallowed."""
-    import errno
-    import os
+async def test_only_what_is_kept_is_made_durable(tmp_path, make_settings, open_runtime, fsynced):
+    """Each drive's copy is fsynced; the local dump, a stage removed at the end, is not.
+    A failed backup's dump, kept for retry, is."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the drive folder should be")
+    settings = make_settings(drives=[
+        {"provider": "local", "label": "good", "folder": str(tmp_path / "good")},
+        {"provider": "local", "label": "bad", "folder": str(tmp_path / "bad")},
+    ], uploads={"attempts": 1})
+    async with open_runtime(settings) as runtime:
+        (backup,) = await runtime.start_backups()
+        (finished,) = await runtime.wait([backup.id])
+        assert finished.status is Status.FINISHED, finished.error
+        for record in finished.drive_files:  # fsynced under its temporary name
+            folder = Path(record.path).parent
+            assert any(Path(path).parent == folder and path.endswith(f"-{finished.name}")
+                       for path in fsynced), (record.drive, fsynced)
+        dumps = settings.source("app").tmp_folder
+        assert not any(Path(path).parent == dumps for path in fsynced), fsynced
 
-    from backupmand import files, pipeline
-
-    def full(_fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(files, "SYNC_EVERY", 1024 * 1024)
-    monkeypatch.setattr(os, "fdatasync", full)
-    with pytest.raises(OSError) as raised:
-        await pipeline.write_compressed(_blocks(6), tmp_path / "dump.partial", "none", None)
-    assert raised.value.errno == errno.ENOSPC
+        (tmp_path / "bad").rename(tmp_path / "bad-gone")
+        (tmp_path / "bad").write_text("a file where the drive folder should be")
+        fsynced.clear()
+        (backup,) = await runtime.start_backups()
+        (failed,) = await runtime.wait([backup.id])
+    assert failed.status is Status.FAILED
+    assert failed.dump_path and Path(failed.dump_path).is_file()
+    assert failed.dump_path in fsynced, fsynced
