@@ -309,3 +309,24 @@ async def test_only_what_is_kept_is_made_durable(tmp_path, make_settings, open_r
     assert failed.status is Status.FAILED
     assert failed.dump_path and Path(failed.dump_path).is_file()
     assert failed.dump_path in fsynced, fsynced
+
+
+async def test_a_dump_left_by_a_dead_process_is_made_durable_when_recovered(
+    tmp_path, make_settings, open_runtime, fsynced
+):
+    """A backup that died during its uploads keeps its dump for retry: recovery fsyncs it."""
+    settings = make_settings()
+    async with open_runtime(settings, recover=False) as runtime:
+        catalog = runtime.catalog
+        backup = await catalog.create_backup(label="app", source_provider="sqlite",
+                                             name="app-dead.sqlite.zst", compression="zstd")
+        dump = tmp_path / "dumps" / backup.name
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        dump.write_bytes(b"a dump whose uploads never ended")
+        await catalog.update_backup(backup.id, dump_status=Status.FINISHED,
+                                    dump_path=str(dump), size=32, sha256="ab" * 32)
+        fsynced.clear()
+        await runtime.recover()
+        recovered = await catalog.get_backup(backup.id)
+    assert recovered.status is Status.FAILED and recovered.dump_path == str(dump)
+    assert str(dump) in fsynced, fsynced
