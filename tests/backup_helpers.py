@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from backupmand.catalog import Catalog
 from backupmand.compression import EXTENSIONS, compressor
 from backupmand.config import LocalDrive, Settings
 from backupmand.drives.local import LocalFolder
+from backupmand.errors import DumpError, HealthError
 from backupmand.models import Backup, Status, utcnow
 from backupmand.sources.base import Source
 
@@ -95,6 +99,34 @@ def pids_running(name: str, needle: bytes = b"") -> list[int]:
         if argv0.endswith(name.encode()) and needle in cmdline:
             pids.append(pid)
     return pids
+
+
+async def assert_killed_midway(source: Source[Any], tool: str, marker: bytes, workdir: Path,
+                               *, secret: str, most: int) -> None:
+    """Kill the dump tool (``tool`` with ``marker`` in its argv) at the first chunk: the
+    dump fails naming the signal after some but not all of its ``most`` bytes, and the
+    error never shows ``secret``."""
+    received = 0
+    with pytest.raises(DumpError, match=f"{tool} was killed by SIGKILL") as caught:
+        async for chunk in source.dump(workdir):
+            if received == 0:
+                for pid in pids_running(tool, marker):
+                    os.killpg(pid, signal.SIGKILL)
+            received += len(chunk)
+    assert 0 < received < most
+    assert secret not in str(caught.value)
+
+
+async def assert_refused(source: Source[Any], pattern: str, workdir: Path,
+                         *, secret: str | None = None) -> None:
+    """Both the dump and the health check fail with ``pattern``, never showing ``secret``."""
+    with pytest.raises(DumpError, match=pattern) as caught:
+        await dump_bytes(source, workdir)
+    with pytest.raises(HealthError, match=pattern) as health:
+        await source.health()
+    if secret is not None:
+        assert secret not in str(caught.value)
+        assert secret not in str(health.value)
 
 
 AWKWARD_PASSWORD = "p@ss:w/rd?#'\"\\ with spaces "
