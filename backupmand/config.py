@@ -13,6 +13,7 @@ with the offending value, so a secret cannot leak through an error message.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -41,8 +42,10 @@ DEFAULT_STATE_DIRECTORY = Path("/var/lib/backupmand")
 #: and accepted as ``<key>_file``.
 SECRET_KEYS = frozenset(
     {"password", "access_key", "secret_key", "smtp_password", "token", "api_keys", "url_secret",
-     "secret"}
+     "secret", "urls"}
 )
+#: Secret keys whose ``_file`` holds one value per line (a list).
+LIST_SECRET_KEYS = frozenset({"api_keys", "urls"})
 
 Compression = Literal["zstd", "gzip", "none"]
 
@@ -96,12 +99,73 @@ class DatabaseConfig(Model):
 # --------------------------------------------------------------------------- sources
 
 
+# --------------------------------------------------------------------------- encryption
+
+
+class EncryptionConfig(Model):
+    """age public-key encryption (SPEC §6.4): the host needs only the recipients."""
+
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    identity_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _has_recipients(self) -> EncryptionConfig:
+        from .encryption import check_recipient  # late: keeps the age library off --help
+
+        if self.recipients and self.recipients_file is not None:
+            raise ValueError("give either recipients or recipients_file, not both")
+        for index, recipient in enumerate(self.recipients):
+            try:
+                check_recipient(recipient)
+            except ValueError as error:
+                raise ValueError(f"recipients[{index}]: {error}") from None
+        if self.recipients_file is not None:
+            for number, recipient in enumerate(self.recipient_lines(), start=1):
+                try:
+                    check_recipient(recipient)
+                except ValueError as error:
+                    raise ValueError(f"recipients_file line {number}: {error}") from None
+        if not self.all_recipients():
+            raise ValueError("encryption needs at least one recipient (recipients or "
+                             "recipients_file)")
+        return self
+
+    def recipient_lines(self) -> list[str]:
+        """The recipients of recipients_file (comments and blank lines skipped)."""
+        if self.recipients_file is None:
+            return []
+        try:
+            text = self.recipients_file.expanduser().read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"recipients_file: cannot read {self.recipients_file}: "
+                             f"{error.strerror or error}") from None
+        return [line.strip() for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+
+    def all_recipients(self) -> tuple[str, ...]:
+        return self.recipients or tuple(self.recipient_lines())
+
+
+class VerifyTarget(Model):
+    """Where a restore drill loads its scratch database instead of the source's server."""
+
+    host: str = "127.0.0.1"
+    port: Port | None = None  # None: the source's port
+    user: str | None = None  # None: the source's user
+    password: SecretStr | None = None
+
+
 class SourceBase(Model):
     label: Label
     tmp_folder: Path = DEFAULT_STATE_DIRECTORY / "tmp"
     compression: Compression | None = None  # None: the top-level default
     compression_level: int | None = Field(default=None, ge=-7, le=22)
     timeout: float = Field(default=6 * 3600, gt=0, description="seconds a dump may take")
+    #: Replaces the top-level ``encryption`` for this source; ``null`` turns it off.
+    encryption: EncryptionConfig | None = None
+    verify_timeout: float = Field(default=3600, gt=0,
+                                  description="seconds a restore drill may take")
 
     @field_validator("label")
     @classmethod
@@ -130,6 +194,14 @@ class PostgresSource(ServerSourceBase):
     ca_file: Path | None = None
     format: Literal["plain", "custom"] = "plain"
     options: tuple[str, ...] = ()
+    #: Store the server-wide objects the database needs (roles, memberships,
+    #: tablespaces) in a companion file (SPEC §6.1).
+    globals: bool = True
+    #: Include the roles' password hashes in the globals file (pg_authid: superuser only).
+    role_passwords: bool = False
+    verify_target: VerifyTarget | None = None
+    #: ``pg_restore -j N`` for custom-format restores (from a staged file).
+    restore_jobs: int = Field(default=1, ge=1, le=64)
 
     @field_validator("options")
     @classmethod
@@ -149,6 +221,9 @@ class MysqlSource(ServerSourceBase):
     tls: bool = False
     ca_file: Path | None = None
     options: tuple[str, ...] = ()
+    #: Store the users and grants the database needs in a companion file (SPEC §6.1).
+    globals: bool = True
+    verify_target: VerifyTarget | None = None
 
     @field_validator("options")
     @classmethod
@@ -201,6 +276,11 @@ class S3Drive(DriveBase):
     # Send ``If-None-Match: *`` so that nothing is ever overwritten, even by a concurrent
     # writer; false for S3-compatible services that reject conditional writes.
     conditional_writes: bool = True
+    #: Multipart parts in flight at once (SPEC §6.5).
+    part_concurrency: int = Field(default=4, ge=1, le=64)
+    #: The first part size; grown as a stream grows so that no upload needs more than
+    #: 10,000 parts.
+    part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
 
     @model_validator(mode="after")
     def _keys_together(self) -> S3Drive:
@@ -311,28 +391,104 @@ class PingNotifier(Model):
         return self
 
 
+NotifyEvent = Literal["backup_failed", "backup_finished", "verify_failed", "backup_suspect",
+                      "schedule_failed"]
+
+
+class AppriseNotifier(Model):
+    """Any channel Apprise knows (Slack, Telegram, ntfy, Matrix, mail, ...): its URLs
+    carry their credentials, so they are secrets (``urls_file``: one per line)."""
+
+    enabled: bool = False
+    urls: tuple[SecretStr, ...] = ()
+    events: tuple[NotifyEvent, ...] = ("backup_failed", "verify_failed", "backup_suspect")
+    timeout: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_urls(self) -> AppriseNotifier:
+        if self.enabled and not self.urls:
+            raise ValueError("apprise is enabled but has no urls")
+        return self
+
+
 class NotifiersConfig(Model):
     mail: MailNotifier = MailNotifier()
     webhook: WebhookNotifier = WebhookNotifier()
     ping: PingNotifier = PingNotifier()
+    apprise: AppriseNotifier = AppriseNotifier()
 
 
 # --------------------------------------------------------------------------- the rest
 
 
+_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """restic's duration for ``keep_within``: ``2d``, ``1y5m7d2h`` (a year is 365 days, a
+    month 30); ValueError for anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError("must be a duration such as 2d, 12h, 3w or 1y6m (y, m, w, d, h)")
+    years, months, weeks, days, hours = (int(part or 0) for part in match.groups())
+    return dt.timedelta(days=365 * years + 30 * months + 7 * weeks + days, hours=hours)
+
+
 class RetentionConfig(Model):
     enabled: bool = False
-    by: Literal["age", "count"] = "age"
+    by: Literal["age", "count", "gfs"] = "age"
     value: int = Field(default=30, ge=1)
     min_keep: int = Field(default=1, ge=0)
+    keep_last: int = Field(default=0, ge=0)
+    keep_hourly: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    keep_monthly: int = Field(default=0, ge=0)
+    keep_yearly: int = Field(default=0, ge=0)
+    keep_within: str | None = None
+
+    @field_validator("keep_within")
+    @classmethod
+    def _within(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _gfs_keeps_something(self) -> RetentionConfig:
+        rules = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
+                 self.keep_monthly, self.keep_yearly)
+        if self.by == "gfs" and not any(rules) and self.keep_within is None:
+            raise ValueError("by: gfs needs at least one keep_* rule (keep_last, keep_daily, "
+                             "..., keep_within)")
+        return self
+
+    @property
+    def within(self) -> dt.timedelta | None:
+        return parse_duration(self.keep_within) if self.keep_within is not None else None
+
+
+class AnomalyConfig(Model):
+    """Suspicious dumps (SPEC §6.3): smaller than (1 - threshold) x the median of the
+    label's previous ``history`` finished backups, in size or in total rows."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    history: int = Field(default=5, ge=1, le=100)
 
 
 class UploadsConfig(Model):
-    """How each drive's upload is retried (exponential backoff with equal jitter)."""
+    """How each drive's upload is retried (exponential backoff with equal jitter), and
+    how the dump streams to every drive while it runs (SPEC §6.5)."""
 
     attempts: int = Field(default=5, ge=1, le=100)
     initial_backoff: float = Field(default=2.0, ge=0)
     max_backoff: float = Field(default=60.0, ge=0)
+    #: Send the dump to the drives while it runs (false: dump first, then upload).
+    stream: bool = True
+    #: Bytes a drive may fall behind the dump before it drops out of the stream (it is
+    #: then uploaded from the stage file once the dump ends).
+    stream_buffer: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
 
 
 class BackupJob(Model):
@@ -348,6 +504,13 @@ class BackupJob(Model):
         return self
 
 
+class VerifyJob(BackupJob):
+    """Restore drills of the latest finished backup of every source (SPEC §6.3)."""
+
+    enabled: bool = False
+    cron: str = "0 5 * * *"
+
+
 class HttpConfig(Model):
     app_url: str = "http://localhost:8080"
     listen: str = "127.0.0.1"
@@ -356,6 +519,7 @@ class HttpConfig(Model):
     url_secret: SecretStr | None = None
     download_url_ttl: int = Field(default=3600, ge=1)
     backup_job: BackupJob = BackupJob()
+    verify_job: VerifyJob = VerifyJob()
 
 
 class Settings(Model):
@@ -372,6 +536,18 @@ class Settings(Model):
     state_dir: Path | None = None
     shutdown_grace: float = Field(default=10.0, ge=0)
     dump_concurrency: int = Field(default=1, ge=1, le=16)
+    #: This host's name in manifests and in ``{host}`` (default: the machine's hostname).
+    host: str | None = None
+    encryption: EncryptionConfig | None = None
+    anomaly: AnomalyConfig = AnomalyConfig()
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+            raise ValueError("must be a host name: letters, digits, '.', '_' and '-', at most "
+                             "63 characters, starting with a letter or digit")
+        return value
 
     @model_validator(mode="after")
     def _ping_labels_known(self) -> Settings:
@@ -404,6 +580,23 @@ class Settings(Model):
         if self.database.provider == "sqlite":
             return self.database.db_path.parent
         return Path(os.environ.get("STATE_DIRECTORY", str(DEFAULT_STATE_DIRECTORY))).resolve()
+
+    @property
+    def host_name(self) -> str:
+        """This host's name: ``host``, else the machine's short hostname."""
+        if self.host is not None:
+            return self.host
+        import socket
+
+        name = socket.gethostname().split(".")[0] or "localhost"
+        return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:63]
+
+    def encryption_for(self, source: SourceBase) -> EncryptionConfig | None:
+        """The source's own ``encryption`` block when it has the key (null: off), else the
+        top-level one."""
+        if "encryption" in source.model_fields_set:
+            return source.encryption
+        return self.encryption
 
     def compression_for(self, source: SourceBase) -> tuple[str, int | None]:
         name = source.compression or self.compression
@@ -511,7 +704,7 @@ def _prepare(node: Any, parts: list[Any], problems: list[str], env: Mapping[str,
         content = _read_secret_file(raw, key_path, problems, env)
         if content is None:
             continue
-        if base == "api_keys":
+        if base in LIST_SECRET_KEYS:
             result[base] = [line.strip() for line in content.splitlines() if line.strip()]
         else:
             result[base] = content

@@ -37,7 +37,7 @@ from .files import fsync_directory, fsync_file, remove_quietly
 from .locks import Locks, slug
 from .models import Backup, DriveFile, Status, utcnow
 from .notifiers.base import Notifier
-from .sources.base import Source
+from .sources.base import DumpFacts, Source
 
 log = structlog.get_logger("backupmand.pipeline")
 
@@ -146,7 +146,7 @@ async def dump(services: Services, backup: Backup) -> Backup:
             try:
                 await asyncio.to_thread(_prepare_folders, folder, workdir, final)
                 size, sha256, raw = await write_compressed(
-                    source.dump(workdir), partial, name, level,
+                    source.dump(workdir, DumpFacts()), partial, name, level,
                     services.settings.compression_threads,
                 )
                 await asyncio.to_thread(_publish, partial, final)

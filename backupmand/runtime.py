@@ -88,7 +88,8 @@ class Runtime:
         try:
             async with Catalog.open(settings.database.provider, settings.database.db_path) as catalog:
                 sources = {config.label: build_source(config) for config in settings.data_sources}
-                drives = {config.label: build_drive(config) for config in settings.drives}
+                drives = {config.label: build_drive(config, settings.host_name)
+                          for config in settings.drives}
                 for source in sources.values():
                     logs.register_secrets(source.secrets())
                 for drive in drives.values():

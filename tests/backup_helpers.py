@@ -19,7 +19,7 @@ from backupmand.config import LocalDrive, Settings
 from backupmand.drives.local import LocalFolder
 from backupmand.errors import DumpError, HealthError
 from backupmand.models import Backup, Status, utcnow
-from backupmand.sources.base import Source
+from backupmand.sources.base import DumpFacts, Source
 
 
 def make_settings(sources: list[dict[str, Any]], drives: list[dict[str, Any]]) -> Settings:
@@ -33,7 +33,7 @@ def make_settings(sources: list[dict[str, Any]], drives: list[dict[str, Any]]) -
 async def dump_bytes(source: Source[Any], workdir: Path) -> bytes:
     """The whole raw dump of ``source`` (test dumps are small)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    parts = [chunk async for chunk in source.dump(workdir)]
+    parts = [chunk async for chunk in source.dump(workdir, DumpFacts())]
     return b"".join(parts)
 
 
@@ -108,7 +108,7 @@ async def assert_killed_midway(source: Source[Any], tool: str, marker: bytes, wo
     error never shows ``secret``."""
     received = 0
     with pytest.raises(DumpError, match=f"{tool} was killed by SIGKILL") as caught:
-        async for chunk in source.dump(workdir):
+        async for chunk in source.dump(workdir, DumpFacts()):
             if received == 0:
                 for pid in pids_running(tool, marker):
                     os.killpg(pid, signal.SIGKILL)

@@ -8,20 +8,20 @@ from ..config import GoogleDrive, LocalDrive, S3Drive
 from .base import Drive, StoredFile
 
 
-def build_drive(config: LocalDrive | S3Drive | GoogleDrive) -> Drive[Any]:
+def build_drive(config: LocalDrive | S3Drive | GoogleDrive, host: str = "localhost") -> Drive[Any]:
     """The Drive for one drives entry (imports only the client library it needs)."""
     if isinstance(config, LocalDrive):
         from .local import LocalFolder
 
-        return LocalFolder(config)
+        return LocalFolder(config, host)
     if isinstance(config, S3Drive):
         from .s3 import S3Bucket
 
-        return S3Bucket(config)
+        return S3Bucket(config, host)
     if isinstance(config, GoogleDrive):
         from .google_drive import GoogleDriveFolder
 
-        return GoogleDriveFolder(config)
+        return GoogleDriveFolder(config, host)
     raise TypeError(f"unknown drive config {type(config).__name__}")
 
 

@@ -134,6 +134,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
     def __init__(
         self,
         config: GoogleDrive,
+        host: str = "localhost",
         *,
         request_attempts: int = 6,
         backoff_base: float = 1.0,
@@ -141,7 +142,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         max_retry_after: float = 120.0,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
-        super().__init__(config)
+        super().__init__(config, host)
         self.request_attempts = request_attempts
         self.backoff_base = backoff_base
         self.max_backoff = max_backoff
@@ -163,7 +164,8 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
 
     @property
     def folder_parts(self) -> list[str]:
-        return [part for part in self.config.folder.split("/") if part]
+        folder = self.config.folder.replace("{host}", self.host)
+        return [part for part in folder.split("/") if part]
 
     async def _drive_api(self) -> Any:
         if self._api is None:
@@ -373,7 +375,9 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
 
     # ------------------------------------------------------------------ upload
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
+    async def upload(
+        self, source: Path, name: str, *, size: int, sha256: str, adopt: bool = False
+    ) -> StoredFile:
         if not name or "/" in name or name in (".", ".."):
             raise DriveError(f"invalid file name {name!r}", retryable=False)
         where = f"Google Drive {self.config.folder.strip('/')}/{name}"

@@ -103,9 +103,9 @@ def _kernel_copy(source: int, target: int) -> Callable[[int], int]:
 class LocalFolder(Drive[LocalDrive]):
     provider = "local"
 
-    def __init__(self, config: LocalDrive) -> None:
-        super().__init__(config)
-        self.folder = config.folder.expanduser().resolve()
+    def __init__(self, config: LocalDrive, host: str = "localhost") -> None:
+        super().__init__(config, host)
+        self.folder = Path(str(config.folder).replace("{host}", host)).expanduser().resolve()
 
     def _resolve(self, path: str) -> Path:
         resolved = Path(path).resolve()
@@ -113,7 +113,9 @@ class LocalFolder(Drive[LocalDrive]):
             raise DriveError(f"{path} is not a file of drive {self.label!r}", retryable=False)
         return resolved
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
+    async def upload(
+        self, source: Path, name: str, *, size: int, sha256: str, adopt: bool = False
+    ) -> StoredFile:
         if "/" in name or name.startswith("."):
             raise DriveError(f"invalid file name {name!r}", retryable=False)
         # The copy runs in a thread, which a cancellation cannot stop: on cancellation,

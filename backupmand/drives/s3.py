@@ -187,8 +187,9 @@ class S3Bucket(Drive[S3Drive]):
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 
-    def __init__(self, config: S3Drive, *, request_attempts: int | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: S3Drive, host: str = "localhost", *,
+                 request_attempts: int | None = None) -> None:
+        super().__init__(config, host)
         if request_attempts is not None:
             self.request_attempts = request_attempts
         self._stack: AsyncExitStack | None = None
@@ -202,7 +203,7 @@ class S3Bucket(Drive[S3Drive]):
 
     @property
     def prefix(self) -> str:
-        return self.config.prefix.strip("/")
+        return self.config.prefix.replace("{host}", self.host).strip("/")
 
     def key_for(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -269,7 +270,9 @@ class S3Bucket(Drive[S3Drive]):
 
     # ------------------------------------------------------------------ upload
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
+    async def upload(
+        self, source: Path, name: str, *, size: int, sha256: str, adopt: bool = False
+    ) -> StoredFile:
         if not name or "/" in name or name in (".", ".."):
             raise DriveError(f"invalid file name {name!r}", retryable=False)
         if size > MAX_OBJECT_SIZE:

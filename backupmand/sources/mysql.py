@@ -52,7 +52,7 @@ from .. import process
 from ..config import MysqlSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ._streams import find_tool, peek, write_private_file
-from .base import ServerSource, TailCheck
+from .base import DumpFacts, ServerSource, TailCheck
 from .options import check_mysqldump_options
 
 DUMP_TOOLS = ("mariadb-dump", "mysqldump")
@@ -168,7 +168,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
 
     # ------------------------------------------------------------------ dump
 
-    async def dump(self, workdir: Path) -> AsyncIterator[bytes]:
+    async def dump(self, workdir: Path, facts: DumpFacts) -> AsyncIterator[bytes]:
         try:
             options = check_mysqldump_options(self.config.options)
         except ValueError as error:
@@ -219,7 +219,8 @@ class MysqlDatabase(ServerSource[MysqlSource]):
     # ------------------------------------------------------------------ restore
 
     async def restore(
-        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool, workdir: Path
+        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool,
+        workdir: Path, drop_old: bool = False,
     ) -> str:
         target = _check_name(database or self.config.db_name)
         head, stream = await peek(chunks, 1)

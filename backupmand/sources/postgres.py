@@ -49,7 +49,7 @@ from ..config import PostgresSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ..files import read_file
 from ._streams import find_tool, peek, write_chunks
-from .base import ServerSource, TailCheck
+from .base import DumpFacts, ServerSource, TailCheck
 from .options import check_pg_dump_options
 
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
@@ -144,7 +144,7 @@ class PostgresDatabase(ServerSource[PostgresSource]):
 
     # ------------------------------------------------------------------ dump
 
-    async def dump(self, workdir: Path) -> AsyncIterator[bytes]:
+    async def dump(self, workdir: Path, facts: DumpFacts) -> AsyncIterator[bytes]:
         try:
             options = check_pg_dump_options(self.config.options,
                                             custom=self.config.format == "custom")
@@ -222,7 +222,8 @@ class PostgresDatabase(ServerSource[PostgresSource]):
     # ------------------------------------------------------------------ restore
 
     async def restore(
-        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool, workdir: Path
+        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool,
+        workdir: Path, drop_old: bool = False,
     ) -> str:
         target = _check_name(database or self.config.db_name)
         head, stream = await peek(chunks, len(CUSTOM_MAGIC))

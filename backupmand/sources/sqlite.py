@@ -22,7 +22,7 @@ from .. import process
 from ..config import SqliteSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ..files import read_file
-from .base import Source
+from .base import DumpFacts, Source
 
 SNAPSHOT_NAME = "snapshot.sqlite"
 #: The copy is taken inside one read transaction of the connection that copies. Without
@@ -60,7 +60,7 @@ class SqliteDatabase(Source[SqliteSource]):
         super().__init__(config)
         self.path = config.db_path.expanduser().resolve()
 
-    async def dump(self, workdir: Path) -> AsyncIterator[bytes]:
+    async def dump(self, workdir: Path, facts: DumpFacts) -> AsyncIterator[bytes]:
         # Checked first: sqlite3 would otherwise create an empty database and back it up.
         if not await asyncio.to_thread(self.path.is_file):
             raise DumpError(f"SQLite database {self.path} does not exist")
@@ -99,7 +99,8 @@ class SqliteDatabase(Source[SqliteSource]):
             raise HealthError(str(error)) from None
 
     async def restore(
-        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool, workdir: Path
+        self, chunks: AsyncIterator[bytes], *, database: str | None, force: bool,
+        workdir: Path, drop_old: bool = False,
     ) -> str:
         target = Path(database).expanduser().resolve() if database else self.path
         if not force and await asyncio.to_thread(_has_tables, target):

@@ -9,6 +9,7 @@ import pytest
 
 from backupmand.config import MysqlSource, PostgresSource, parse_settings
 from backupmand.errors import ConfigError, DumpError, HealthError
+from backupmand.sources.base import DumpFacts
 from backupmand.sources.mysql import MysqlDatabase, option_value
 from backupmand.sources.options import check_mysqldump_options, check_pg_dump_options
 from backupmand.sources.postgres import PostgresDatabase, conninfo_dbname
@@ -121,7 +122,7 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def collect(source: PostgresDatabase | MysqlDatabase, workdir: Path) -> bytes:
-    return b"".join([chunk async for chunk in source.dump(workdir)])
+    return b"".join([chunk async for chunk in source.dump(workdir, DumpFacts())])
 
 
 async def test_pg_dump_without_trailer_is_incomplete(fake_bin: Path, tmp_path: Path) -> None:
