@@ -9,6 +9,7 @@ integrity check is reported, never recreated over.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
@@ -193,6 +194,11 @@ class Catalog:
     def __init__(self, connection: aiosqlite.Connection, path: Path | None) -> None:
         self._db = connection
         self.path = path
+        #: (st_dev, st_ino) of the file opened: a catalog deleted or replaced under a
+        #: running daemon is noticed by probe().
+        self._identity: tuple[int, int] | None = None
+        #: Why the last write failed, while writes keep failing (None when they work).
+        self.write_problem: str | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -236,6 +242,9 @@ class Catalog:
                 await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
+            if self.path is not None:
+                stat = await asyncio.to_thread(self.path.stat)
+                self._identity = (stat.st_dev, stat.st_ino)
         except sqlite3.DatabaseError as error:
             raise CatalogError(
                 f"the catalog {where} cannot be read ({error}); it was left untouched: restore "
@@ -272,6 +281,31 @@ class Catalog:
             await self._db.execute("ROLLBACK")
             raise
         await self._db.execute("COMMIT")
+
+    async def probe(self) -> None:
+        """Raise CatalogError unless the catalog is the file opened, intact, and writable.
+
+        Cheap enough for /health (which caches it for a few seconds): a stat, SQLite's
+        ``quick_check``, and the state of the last write.
+        """
+        if self.path is not None:
+            try:
+                stat = await asyncio.to_thread(self.path.stat)
+            except OSError as error:
+                raise CatalogError(f"the catalog {self.path} is gone ({error.strerror}): "
+                                   "backups cannot be recorded") from None
+            if (stat.st_dev, stat.st_ino) != self._identity:
+                raise CatalogError(f"the catalog {self.path} was replaced by another file "
+                                   "since backupmand opened it: restart backupmand")
+        try:
+            rows = await self._db.execute_fetchall("PRAGMA quick_check")
+        except sqlite3.Error as error:
+            raise CatalogError(f"the catalog cannot be read: {error}") from None
+        answer = [str(row[0]) for row in rows]
+        if answer != ["ok"]:
+            raise CatalogError(f"the catalog is damaged: {'; '.join(answer[:3])}")
+        if self.write_problem is not None:
+            raise CatalogError(f"the catalog cannot be written: {self.write_problem}")
 
     async def integrity(self) -> str:
         rows = await self._db.execute_fetchall("PRAGMA integrity_check")
