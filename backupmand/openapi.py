@@ -1,7 +1,10 @@
 """The API's OpenAPI 3.1 document (package data) and a response checker for tests.
 
 ``load_document()`` returns the document served at GET /api/openapi.json (standard
-library only: jsonschema, a test dependency, is imported by the checker alone).
+library only: jsonschema, a test dependency, is imported by the checker alone). The
+``Backup`` and ``DriveFile`` schemas are not written in the package's JSON file: they
+are generated here from the field lists in ``models`` that also render the objects
+(``to_api``, the catalog's SQL), so the three cannot drift apart.
 ``validate_response()`` checks one answer of the running API against it: the status
 must be documented for that route, and a JSON body must match the response's schema
 (JSON Schema draft 2020-12, OpenAPI 3.1's dialect; ``$ref``s resolve inside the
@@ -42,7 +45,49 @@ def load_document() -> dict[str, Any]:
 @functools.cache
 def _parsed() -> dict[str, Any]:
     document: dict[str, Any] = json.loads(_document_text())
+    from .models import BACKUP_FIELDS, DRIVE_FILE_FIELDS
+
+    schemas = document["components"]["schemas"]
+    schemas["DriveFile"] = _object_schema(
+        DRIVE_FILE_FIELDS, "One copy of a backup's dump (with its companions) on one drive.")
+    schemas["Backup"] = _object_schema(BACKUP_FIELDS, "One backup of one data source.", {
+        "UpdatedAt": ("DriveFiles", {
+            "type": ["array", "null"], "items": {"$ref": "#/components/schemas/DriveFile"},
+            "description": "One entry per drive the dump goes to (empty while none)."}),
+    })
     return document
+
+
+_KIND_TYPES = {"text": "string", "integer": "integer", "boolean": "boolean"}
+
+
+def _field_schema(field: Any) -> dict[str, Any]:
+    if field.kind == "time":
+        return {"$ref": "#/components/schemas/"
+                + ("NullableTimestamp" if field.nullable else "Timestamp"),
+                "description": field.description}
+    if field.kind == "status":
+        return {"$ref": "#/components/schemas/Status", "description": field.description}
+    if field.kind == "json":
+        kind: Any = ["object", "null"] if field.nullable else "object"
+        return {"type": kind, "description": field.description}
+    base = _KIND_TYPES[field.kind]
+    schema: dict[str, Any] = {"type": [base, "null"] if field.nullable else base,
+                              "description": field.description}
+    schema.update(field.schema)
+    return schema
+
+
+def _object_schema(fields: Any, description: str,
+                   extra: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for field in fields:
+        properties[field.api] = _field_schema(field)
+        if extra and field.api in extra:
+            name, schema = extra[field.api]
+            properties[name] = schema
+    return {"type": "object", "description": description, "required": list(properties),
+            "properties": properties}
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from .files import remove_quietly
 from .models import Backup, Status, rfc3339, utcnow
 
 if TYPE_CHECKING:
-    from .pipeline import Services
+    from .services import Services
 
 log = structlog.get_logger("backupmand.retention")
 
@@ -106,9 +106,14 @@ async def prune(
 
 
 async def _delete_remote_files(services: Services, backup: Backup) -> bool:
+    """Every drive's files of the backup: the dump and the globals companion first, the
+    manifest last (a manifest left alone says a dump is missing; a dump without its
+    manifest would be invisible to ``catalog rebuild``)."""
     complete = True
     for record in backup.drive_files:
-        if record.path is None:
+        paths = [path for path in (record.path, record.globals_path, record.manifest_path)
+                 if path is not None]
+        if not paths:
             continue
         drive = services.drives.get(record.drive)
         if drive is None:
@@ -116,12 +121,14 @@ async def _delete_remote_files(services: Services, backup: Backup) -> bool:
                       error="the drive is no longer configured")
             complete = False
             continue
-        try:
-            await drive.delete(record.path)
-        except Exception as error:
-            log.error("retention.delete_failed", drive=record.drive, path=record.path,
-                      error=str(error) or type(error).__name__)
-            complete = False
+        for path in paths:
+            try:
+                await drive.delete(path)
+            except Exception as error:
+                log.error("retention.delete_failed", drive=record.drive, path=path,
+                          error=str(error) or type(error).__name__)
+                complete = False
+                break  # keep the manifest while the dump may still be there
     # Drive file records stay until every remote delete succeeded: deletes are
     # idempotent, so the next run finishes the job.
     return complete

@@ -33,7 +33,6 @@ from .models import Backup, Status
 from .notifiers import Notifier, build_notifiers
 from .pipeline import (
     INTERRUPTED,
-    Services,
     dump_name,
     keep_dump,
     name_pattern,
@@ -41,11 +40,21 @@ from .pipeline import (
     remove_local_dump,
     run_backup,
 )
+from .services import Services
 from .sources import build_source
 
 log = structlog.get_logger("backupmand.runtime")
 
 RECOVERED = "interrupted: the process running this backup stopped before it ended"
+
+
+def _remove_unrecorded(folder: Path, name: str) -> None:
+    from .manifest import stem
+
+    remove_quietly(folder / name)
+    with contextlib.suppress(ValueError, OSError):
+        for companion in folder.glob(f"{stem(name)}.globals.*"):
+            remove_quietly(companion)
 
 
 def _remove_existing(paths: list[Path]) -> None:
@@ -158,9 +167,10 @@ class Runtime:
                                 reason=RECOVERED)
                     source = self.services.sources.get(backup.label)
                     if recovered.dump_status is Status.FAILED and source is not None:
-                        # A dump published just before the process died, never recorded.
+                        # A dump (and its companion) published just before the process
+                        # died, never recorded.
                         folder = source.config.tmp_folder.expanduser()
-                        await asyncio.to_thread(remove_quietly, folder / backup.name)
+                        await asyncio.to_thread(_remove_unrecorded, folder, backup.name)
                     elif recovered.dump_path:
                         await keep_dump(recovered.dump_path)
                 finally:
@@ -180,12 +190,24 @@ class Runtime:
             if await asyncio.to_thread(lock.try_acquire):
                 free.append((label, lock))
         try:
-            await asyncio.to_thread(self._sweep, [label for label, _ in free])
+            labels = [label for label, _ in free]
+            await asyncio.to_thread(self._sweep, labels)
+            patterns = [name_pattern(label) for label in labels]
+            for drive in self.services.drives.values():
+                try:
+                    removed = await drive.sweep(lambda name: any(p.match(name) for p in patterns))
+                except Exception as error:
+                    log.warning("recovery.sweep_failed", drive=drive.label,
+                                error=str(error) or type(error).__name__)
+                    continue
+                for leftover in removed:
+                    log.info("recovery.removed", drive=drive.label, path=leftover)
         finally:
             for _, lock in free:
                 lock.release()
 
     def _sweep(self, labels: list[str]) -> None:
+        """The tmp folders' leftovers of dead dumps (drives sweep their own)."""
         patterns = [name_pattern(label) for label in labels]
         folders = {self.services.sources[label].config.tmp_folder.expanduser() for label in labels}
         for folder in folders:
@@ -199,16 +221,6 @@ class Runtime:
                     log.info("recovery.removed", path=str(entry))
                 elif entry.name.startswith(".") and entry.name.endswith(".work") and entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
-                    log.info("recovery.removed", path=str(entry))
-        from .drives.local import TEMP_PREFIX, LocalFolder
-
-        for drive in self.services.drives.values():
-            if not isinstance(drive, LocalFolder) or not drive.folder.is_dir():
-                continue
-            for entry in drive.folder.glob(f"{TEMP_PREFIX}*"):
-                name = entry.name[len(TEMP_PREFIX) + 33:]
-                if any(p.match(name) for p in patterns):
-                    remove_quietly(entry)
                     log.info("recovery.removed", path=str(entry))
 
     # ------------------------------------------------------------------ starting backups
@@ -227,6 +239,7 @@ class Runtime:
         start them, and return the records. ConflictError when none could start."""
         if self.closing:
             raise ConflictError("backupmand is shutting down")
+        await asyncio.to_thread(self.catalog.check_identity)
         started: list[Backup] = []
         busy: list[str] = []
         for label in self.source_labels(labels):
@@ -238,11 +251,12 @@ class Runtime:
             try:
                 source = self.services.sources[label]
                 compression, _level = self.settings.compression_for(source.config)
+                encrypted = self.settings.encryption_for(source.config) is not None
                 backup_id = str(uuid.uuid4())
                 backup = await self.catalog.create_backup(
                     backup_id=backup_id, label=label, source_provider=source.provider,
-                    name=dump_name(label, backup_id, source.extension, compression),
-                    compression=compression, pid=os.getpid(),
+                    name=dump_name(label, backup_id, source.extension, compression, encrypted),
+                    compression=compression, pid=os.getpid(), host=self.settings.host_name,
                 )
             except BaseException:
                 lock.release()
@@ -259,6 +273,7 @@ class Runtime:
         """Re-run what failed: the dump if it failed, then the unfinished uploads."""
         if self.closing:
             raise ConflictError("backupmand is shutting down")
+        await asyncio.to_thread(self.catalog.check_identity)
         backup = await self.catalog.get_backup(backup_id)
         if backup.status is not Status.FAILED:
             raise ConflictError(f"backup {backup_id} is {backup.status.value}, not failed")

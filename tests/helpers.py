@@ -65,6 +65,13 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     return document
 
 
+def stored_names(*dump_names: str) -> list[str]:
+    """What a drive holds for these dumps: each dump and its manifest, sorted."""
+    from backupmand.manifest import manifest_name
+
+    return sorted([*dump_names, *(manifest_name(name) for name in dump_names)])
+
+
 def make_sqlite(path: Path, rows: int = 100, blob_size: int = 64) -> None:
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")

@@ -37,6 +37,7 @@ from typing import BinaryIO, ClassVar, Generic, TypeVar
 
 from ..config import DriveBase
 from ..errors import DriveError
+from ..growing import GrowingFile
 
 ConfigT = TypeVar("ConfigT", bound=DriveBase)
 
@@ -73,10 +74,6 @@ async def open_for_upload(source: Path) -> BinaryIO:
         raise DriveError(f"cannot read {source}: {error.strerror or error}") from None
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 class Drive(abc.ABC, Generic[ConfigT]):
     """One configured drive, for one host (``{host}`` in its location)."""
 
@@ -98,20 +95,32 @@ class Drive(abc.ABC, Generic[ConfigT]):
         """Store ``source`` as ``name``; verify it; raise DriveError (or VerificationError)."""
 
     async def upload_stream(
-        self, chunks: AsyncIterator[bytes], name: str, *,
-        expected: Callable[[], tuple[int, str]], adopt: bool = False,
+        self, source: GrowingFile, name: str, *, adopt: bool = False,
     ) -> StoredFile:
-        """Store the stream as ``name``; once it ends, ``expected()`` gives its (size,
-        SHA-256): commit the copy only if it matches; raise DriveError otherwise."""
-        raise NotImplementedError
+        """Store the stage file ``source`` as ``name`` while it grows; once it is complete,
+        ``source.expected()`` gives its (size, SHA-256): commit the copy only if it
+        matches; raise DriveError otherwise. (Default: wait for the end, then upload.)"""
+        offset = 0
+        while not source.complete:
+            offset = await source.available(offset)
+        size, sha256 = source.expected()
+        return await self.upload(source.path, name, size=size, sha256=sha256, adopt=adopt)
 
     async def put_bytes(self, data: bytes, name: str, *, adopt: bool = False) -> StoredFile:
         """Store a small object (a manifest) as ``name``, verified like any upload."""
         import hashlib
+        import tempfile
 
         digest = hashlib.sha256(data).hexdigest()
-        return await self.upload_stream(_one(data), name, expected=lambda: (len(data), digest),
-                                        adopt=adopt)
+        folder = await asyncio.to_thread(tempfile.mkdtemp, prefix="backupmand-put-")
+        path = Path(folder) / name
+        try:
+            await asyncio.to_thread(path.write_bytes, data)
+            return await self.upload(path, name, size=len(data), sha256=digest, adopt=adopt)
+        finally:
+            import shutil
+
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     @abc.abstractmethod
     def download(

@@ -209,6 +209,20 @@ class LocalFolder(Drive[LocalDrive]):
         if not os.access(probe, os.W_OK | os.X_OK):
             raise HealthError(f"{probe} is not writable")
 
+    async def sweep(self, is_stale: Callable[[str], bool]) -> list[str]:
+        """Temporary files of uploads whose process died (``<prefix><32 hex>-<name>``)."""
+        def remove() -> list[str]:
+            removed = []
+            if not self.folder.is_dir():
+                return removed
+            for entry in self.folder.glob(f"{TEMP_PREFIX}*"):
+                if is_stale(entry.name[len(TEMP_PREFIX) + 33:]):
+                    remove_quietly(entry)
+                    removed.append(str(entry))
+            return removed
+
+        return await asyncio.to_thread(remove)
+
     async def leftovers(self) -> list[Path]:
         """Temporary files left by a process that died mid-upload."""
         with contextlib.suppress(FileNotFoundError):

@@ -23,7 +23,7 @@ from tests.faults.support import (
     make_blob_sqlite,
     wait_until,
 )
-from tests.helpers import base_config, daemon, run_cli, write_config
+from tests.helpers import base_config, daemon, run_cli, stored_names, write_config
 
 SEED = 20261128
 ITERATIONS = 22
@@ -142,7 +142,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         # Every retried dump went back to the drive as one file; no orphan copies.
         for label, folder in drives.items():
             stored = sorted(p.name for p in folder.iterdir())
-            assert stored == sorted(b["Name"] for b in backups), label
+            assert stored == stored_names(*(b["Name"] for b in backups)), label
         assert list(tmp_folders[0].iterdir()) == []
     with sqlite3.connect(catalog) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -14,7 +14,7 @@ from backupmand.drives.local import LocalFolder
 from backupmand.errors import DriveError
 from backupmand.models import Status, utcnow
 from backupmand.retention import prune
-from tests.helpers import base_config, run_cli, write_config
+from tests.helpers import base_config, run_cli, stored_names, write_config
 
 
 class WatchedFolder(LocalFolder):
@@ -29,7 +29,8 @@ class WatchedFolder(LocalFolder):
     async def delete(self, path: str) -> None:
         self.log.append((self.label, path))
         records = [f for b in await self.catalog.list_backups() for f in b.drive_files]
-        assert any(f.path == path and f.drive == self.label for f in records), \
+        assert any(path in (f.path, f.manifest_path, f.globals_path) and f.drive == self.label
+                   for f in records), \
             "a remote file is deleted while its record still points at it, never after"
         if path in self.refuse:
             raise DriveError(f"injected: cannot delete {path}")
@@ -48,6 +49,12 @@ async def history(runtime: Any, count: int) -> list[Any]:
         finals += await runtime.wait([backup.id])
     assert all(b.status is Status.FINISHED for b in finals)
     return finals
+
+
+def stored_paths(backup: Any) -> set[tuple[str, str]]:
+    """(drive, path) of every file a backup has on its drives (dumps and manifests)."""
+    return {(record.drive, path) for record in backup.drive_files
+            for path in (record.path, record.manifest_path, record.globals_path) if path}
 
 
 def use_policy(runtime: Any, **policy: Any) -> None:
@@ -76,8 +83,10 @@ async def test_remote_files_go_first_and_a_failed_delete_keeps_the_record(
         assert set(left) == {oldest.id, newest.id}
         assert left[oldest.id].drive_files == oldest.drive_files, "record intact, retried later"
         # Each file was deleted on the drive that holds it, found by its label.
-        expected = {(f.drive, f.path) for b in (oldest, middle) for f in b.drive_files}
-        assert set(deletes) == expected and len(deletes) == 4
+        # The manifest goes last: the oldest's stays on drive two with its dump.
+        expected = (stored_paths(oldest) | stored_paths(middle)) - {
+            ("two", oldest.drive_file("two").manifest_path)}
+        assert set(deletes) == expected and len(deletes) == 7
         assert not Path(oldest.drive_file("one").path).exists()
         assert Path(oldest.drive_file("two").path).exists()
         for record in middle.drive_files:
@@ -91,9 +100,9 @@ async def test_remote_files_go_first_and_a_failed_delete_keeps_the_record(
         deleted = await prune(runtime.services)
         assert [b.id for b in deleted] == [oldest.id]
         assert {b.id for b in await runtime.catalog.list_backups()} == {newest.id}
-        assert sorted(deletes) == sorted((f.drive, f.path) for f in oldest.drive_files)
-        assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [newest.name]
-        assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [newest.name]
+        assert sorted(deletes) == sorted(stored_paths(oldest))
+        assert sorted(p.name for p in (tmp_path / "one").iterdir()) == stored_names(newest.name)
+        assert sorted(p.name for p in (tmp_path / "two").iterdir()) == stored_names(newest.name)
         assert await prune(runtime.services) == []
 
 
@@ -136,7 +145,8 @@ async def test_age_never_pending_never_the_newest_and_kept_dumps_go(
         left = {b.id: b.status for b in await runtime.catalog.list_backups()}
         assert left == {pending.id: Status.PENDING, finished[1].id: Status.FINISHED}
         assert not Path(failed.dump_path).exists(), "the kept dump of a deleted backup goes too"
-        assert [p.name for p in (tmp_path / "one").iterdir()] == [finished[1].name]
+        assert sorted(p.name for p in (tmp_path / "one").iterdir()) == stored_names(
+            finished[1].name)
 
 
 async def history_of_failures(runtime: Any) -> list[Any]:
@@ -152,8 +162,8 @@ async def test_retention_runs_after_each_finished_backup(tmp_path, make_settings
         finals = await history(runtime, 4)
         left = await runtime.catalog.list_backups()
     assert [b.id for b in left] == [finals[3].id, finals[2].id]
-    assert sorted(p.name for p in (tmp_path / "drive").iterdir()) == sorted(
-        [finals[2].name, finals[3].name])
+    assert sorted(p.name for p in (tmp_path / "drive").iterdir()) == stored_names(
+        finals[2].name, finals[3].name)
 
 
 def test_prune_cli_dry_run_then_for_real(tmp_path: Path) -> None:
@@ -168,7 +178,8 @@ def test_prune_cli_dry_run_then_for_real(tmp_path: Path) -> None:
         rows = connection.execute("SELECT id, name FROM backups ORDER BY created_at").fetchall()
     ids = [row[0] for row in rows]
     files_before = sorted((tmp_path / "drive").iterdir())
-    assert len(ids) == 3 and sorted(p.name for p in files_before) == sorted(r[1] for r in rows)
+    assert len(ids) == 3 and sorted(p.name for p in files_before) == stored_names(
+        *(r[1] for r in rows))
 
     dry = run_cli("prune", "--dry-run", config=pruning)
     assert dry.returncode == 0, dry.stderr
@@ -186,7 +197,7 @@ def test_prune_cli_dry_run_then_for_real(tmp_path: Path) -> None:
     with sqlite3.connect(catalog) as connection:
         assert [row[0] for row in connection.execute("SELECT id FROM backups")] == [ids[2]]
         assert connection.execute("SELECT count(*) FROM drive_files").fetchone()[0] == 1
-    assert [p.name for p in (tmp_path / "drive").iterdir()] == [rows[2][1]]
+    assert sorted(p.name for p in (tmp_path / "drive").iterdir()) == stored_names(rows[2][1])
     again = run_cli("prune", "--dry-run", config=pruning)
     assert again.returncode == 0 and "0 backup(s)" in again.stdout
 
@@ -220,4 +231,4 @@ def test_prune_with_retention_disabled_deletes_nothing(tmp_path: Path) -> None:
         assert run_cli("run", config=config).returncode == 0
     result = run_cli("prune", config=config)
     assert result.returncode == 0 and "retention is not enabled" in result.stdout
-    assert len(list((tmp_path / "drive").iterdir())) == 2
+    assert len(list((tmp_path / "drive").iterdir())) == 2 * 2, "two dumps, two manifests"

@@ -31,11 +31,13 @@ class FlakyFolder(LocalFolder):
         self.error = error or DriveError("injected: connection reset by peer")
         self.calls = 0
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.error
-        return await super().upload(source, name, size=size, sha256=sha256)
+    async def upload(self, source: Path, name: str, *, size: int, sha256: str,
+                     adopt: bool = False) -> StoredFile:
+        if not name.endswith(".manifest.json"):  # the dump's uploads only
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise self.error
+        return await super().upload(source, name, size=size, sha256=sha256, adopt=adopt)
 
 
 class BrokenFolder(FlakyFolder):
@@ -47,7 +49,9 @@ def two_drives(tmp_path: Path, **uploads: Any) -> dict[str, Any]:
     return {
         "drives": [{"provider": "local", "label": "steady", "folder": str(tmp_path / "steady")},
                    {"provider": "local", "label": "shaky", "folder": str(tmp_path / "shaky")}],
-        "uploads": {"attempts": 4, "initial_backoff": 1.0, "max_backoff": 3.0, **uploads},
+        # Dump first, then upload: these tests count the uploads from the stage file.
+        "uploads": {"attempts": 4, "initial_backoff": 1.0, "max_backoff": 3.0, "stream": False,
+                    **uploads},
     }
 
 
@@ -82,7 +86,9 @@ async def test_a_flaky_drive_finishes_after_retries(tmp_path, make_settings, ope
     assert len(sleeps.delays) == 3
     for delay, ceiling in zip(sleeps.delays, [1.0, 2.0, 3.0], strict=True):
         assert ceiling / 2 <= delay <= ceiling
-    assert runtime.services.upload_failures["shaky"] == 3
+    # Failed attempts, and uploads that failed for good (none: it got there).
+    assert runtime.services.upload_attempt_failures["shaky"] == 3
+    assert runtime.services.upload_failures["shaky"] == 0
 
 
 async def test_a_broken_drive_fails_alone_with_its_error(tmp_path, make_settings, open_runtime):
@@ -101,18 +107,25 @@ async def test_a_broken_drive_fails_alone_with_its_error(tmp_path, make_settings
     assert records["shaky"].error == "injected: 503 Slow Down"
     assert records["shaky"].attempts == 3 == broken.calls
     assert records["shaky"].path is None
+    assert runtime.services.upload_failures["shaky"] == 1
+    assert runtime.services.upload_attempt_failures["shaky"] == 3
     assert "upload to shaky failed: injected: 503 Slow Down" in final.error
     assert final.dump_path and sha256(Path(final.dump_path)) == final.sha256, "kept for retry"
     assert not list((tmp_path / "shaky").glob("*")), "nothing half-written on the broken drive"
 
 
-@pytest.mark.parametrize(("error", "expected_calls"), [
-    (DriveError("injected: bucket does not exist", retryable=False), 1),
-    (RuntimeError("injected: a client library's own error"), 3),
+@pytest.mark.parametrize(("error", "expected_calls", "reason"), [
+    (DriveError("injected: bucket does not exist", retryable=False), 1,
+     "injected: bucket does not exist"),
+    (ConnectionResetError("injected: reset"), 3, "ConnectionResetError: injected: reset"),
+    (RuntimeError("injected: a programming error"), 1,
+     "internal error: RuntimeError: injected: a programming error"),
 ])
 async def test_only_retryable_errors_are_retried(
-    tmp_path, make_settings, open_runtime, error, expected_calls
+    tmp_path, make_settings, open_runtime, error, expected_calls, reason
 ):
+    """A drive's retryable error and a transport's failure are retried; a programming
+    error is not (another attempt would meet it again)."""
     settings = make_settings(**two_drives(tmp_path, attempts=3))
     async with open_runtime(settings) as runtime:
         broken = BrokenFolder(settings.drive("shaky"), error)
@@ -122,7 +135,7 @@ async def test_only_retryable_errors_are_retried(
         (final,) = await runtime.wait([backup.id])
     assert final.status is Status.FAILED
     assert broken.calls == expected_calls
-    assert final.drive_file("shaky").error == str(error)
+    assert final.drive_file("shaky").error == reason
 
 
 async def test_a_retried_backup_uploads_only_what_failed_and_counts_attempts(

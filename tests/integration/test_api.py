@@ -202,7 +202,7 @@ def test_cli_list_show_and_run_share_the_catalog(two_sources, tmp_path):
     failing = run_cli("run", "--source", "nope", config=two_sources)
     assert failing.returncode == 1 and "unknown data source" in failing.stderr
     version = run_cli("version")
-    assert version.returncode == 0 and version.stdout.startswith("backupmand 1.0.0")
+    assert version.returncode == 0 and version.stdout.startswith("backupmand 1.1.0")
     health = run_cli("health", "--json", config=two_sources)
     assert health.returncode == 0 and json.loads(health.stdout)["Status"] == "UP"
     assert dt.datetime.strptime(item["CreatedAt"], "%Y-%m-%dT%H:%M:%SZ")

@@ -146,16 +146,44 @@ async def test_the_api_list_rendered_by_sqlite_matches_to_api():
 
 
 async def test_migrating_renders_the_backups_already_there(tmp_path: Path):
-    """A catalog of schema 1 with backups in it: opening it adds and fills api_json."""
+    """A catalog of schema 1 with backups in it: opening it numbers them in the order
+    they were written (not by their clock), and renders their API objects."""
+    path = tmp_path / "catalog.db"
+    with sqlite3.connect(path, isolation_level=None) as raw:
+        for statement in MIGRATIONS[0].split(";"):
+            if statement.strip():
+                raw.execute(statement)
+        raw.execute("PRAGMA user_version = 1")
+        # The second backup was written with a clock set back: it looks older.
+        for index, created in enumerate(["2025-07-02T10:00:00.000000Z",
+                                         "2025-07-01T09:00:00.000000Z",
+                                         "2025-07-03T08:00:00.000000Z"]):
+            raw.execute(
+                "INSERT INTO backups (id, label, source_provider, status, dump_status, name, "
+                "compression, size, sha256, created_at) VALUES (?, 'a', 'sqlite', 'finished', "
+                "'finished', ?, 'zstd', 10, ?, ?)", (f"b{index}", f"n{index}", "ab" * 32, created))
+            raw.execute(
+                "INSERT INTO drive_files (id, backup_id, drive, provider, label, path, status, "
+                "attempts, created_at) VALUES (?, ?, 'd', 'local', ?, '/x', 'finished', 1, ?)",
+                (f"f{index}", f"b{index}", f"n{index}", created))
+    async with Catalog.open("sqlite", path) as catalog:
+        listed = await catalog.list_backups()
+        assert [b.id for b in listed] == ["b2", "b1", "b0"]
+        assert [b.seq for b in listed] == [3, 2, 1]
+        await _assert_list_matches_to_api(catalog)
+        newer = await catalog.create_backup(label="a", source_provider="sqlite", name="n3",
+                                            compression="zstd")
+        assert newer.seq == 4
+
+
+async def test_a_changed_field_list_renders_every_backup_again(tmp_path: Path):
+    """The rendering triggers are derived from models' field lists: when they change
+    (another backupmand version), opening the catalog recreates them and re-renders."""
     path = tmp_path / "catalog.db"
     async with Catalog.open("sqlite", path) as catalog:
         await _fill(catalog)
-        expected = await catalog.list_backups_json()
-    with sqlite3.connect(path, isolation_level=None) as raw:  # back to schema 1, rows kept
-        for trigger, in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-            raw.execute(f"DROP TRIGGER {trigger}")
-        raw.execute("ALTER TABLE backups DROP COLUMN api_json")
-        raw.execute("PRAGMA user_version = 1")
+    with sqlite3.connect(path, isolation_level=None) as raw:
+        raw.execute("UPDATE backups SET api_json = '{}'")
+        raw.execute("UPDATE meta SET value = 'an older field list' WHERE key = 'render'")
     async with Catalog.open("sqlite", path) as catalog:
-        assert await catalog.list_backups_json() == expected
         await _assert_list_matches_to_api(catalog)

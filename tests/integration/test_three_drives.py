@@ -52,7 +52,9 @@ async def test_local_s3_and_google_drive_at_once(tmp_path, s3_server, gdrive_ser
         assert set(records) == {"local", "s3", "google_drive"}
         assert all(record["Status"] == "finished" for record in records.values())
         assert records["s3"]["Path"] == f"nightly/{backup['Name']}"
-        assert s3_server.keys(bucket) == [records["s3"]["Path"]]
+        assert s3_server.keys(bucket) == sorted([records["s3"]["Path"],
+                                                 records["s3"]["ManifestPath"]])
+        assert records["s3"]["ManifestPath"] == f"nightly/{backup['Manifest']}"
         assert records["google_drive"]["Path"] in gdrive_server.files  # Path is the Drive file id
         expected = Path(records["local"]["Path"]).read_bytes()
         assert hashlib.sha256(expected).hexdigest() == backup["Sha256"]
