@@ -89,6 +89,16 @@ class Backup:
     updated_at: dt.datetime | None
     finished_at: dt.datetime | None
     drive_files: tuple[DriveFile, ...] = ()
+    # Restore drills (SPEC §6.3): null until the first drill, then passed | failed.
+    verification: str | None = None
+    verified_at: dt.datetime | None = None
+    verify_error: str | None = None
+    # Suspicious dumps (SPEC §6.3): still finished, but flagged.
+    suspect: bool = False
+    suspect_reason: str | None = None
+    # Pins (SPEC §6.6): never deleted by retention or prune.
+    pinned: bool = False
+    pin_note: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
