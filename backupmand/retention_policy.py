@@ -1,7 +1,9 @@
 """Which backups of one label retention keeps, and why: a pure function, no I/O.
 
 ``decide`` answers for every backup of a label, for the three policies of
-``retention.by``, with the reasons that keep each one (empty: it may go).
+``retention.by``, with the reasons that keep each one (empty: it may go); the same
+answer serves a prune and its preview. Whether retention runs at all
+(``retention.enabled``) is the caller's business.
 
 Always kept, whatever the policy:
 
