@@ -10,6 +10,8 @@
 #   /lib/systemd/system/backupmand.service
 #   /etc/backupmand/config.yml          a conffile, root:backupmand 0640
 #   /usr/share/doc/backupmand/          copyright (and README.md when the tree has one)
+#   /usr/share/backupmand/prometheus/   alert rules and their promtool unit tests
+#   /usr/share/backupmand/grafana/      a Grafana dashboard
 # and maintainer scripts (packaging/debian/) that create the backupmand system user
 # and its directories.
 #
@@ -156,6 +158,12 @@ install -D -m 0644 "$here/debian/copyright" "$stage/usr/share/doc/backupmand/cop
 if [ -f "$root/README.md" ]; then
     install -m 0644 "$root/README.md" "$stage/usr/share/doc/backupmand/README.md"
 fi
+# Monitoring, for the Prometheus and Grafana hosts to copy or point at: alert rules
+# (with their promtool unit tests, which find the rules beside them) and a dashboard.
+for file in prometheus/backupmand-rules.yml prometheus/backupmand-rules.test.yml \
+        grafana/backupmand.json; do
+    install -D -m 0644 "$here/$file" "$stage/usr/share/backupmand/$file"
+done
 
 # 5. Control files.
 install -d -m 0755 "$stage/DEBIAN"

@@ -16,6 +16,7 @@ BACKUP_DIR=/var/backups/backupmand
 CONF_DIR=/etc/backupmand
 PREFIX=/opt/backupmand
 UNIT=/lib/systemd/system/backupmand.service
+SHARE=/usr/share/backupmand
 
 fail() {
     echo "test-deb: FAIL: $*" >&2
@@ -147,6 +148,7 @@ import ctypes
 assert ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0, 'prctl(PR_SET_MDWE) failed'
 import aiohttp, aiosqlite, aioboto3, aiogoogle, pydantic, structlog, yaml, zstandard
 import backupmand.config, backupmand.catalog, backupmand.systemd, backupmand.journald
+import apprise, backupmand.notifiers.apprise
 zstandard.ZstdCompressor(threads=2).compress(b'x' * 100000)
 ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 0)()
 " || fail "the installed program needs writable+executable memory"
@@ -161,6 +163,25 @@ runuser -u "$NAME" -- backupmand check-config >/dev/null ||
     fail "backupmand check-config (as $NAME, default config path)"
 ok "backupmand check-config as $NAME"
 
+# The monitoring files: rules that promtool accepts and whose unit tests pass where
+# they are installed, and a dashboard that is JSON.
+for file in prometheus/backupmand-rules.yml prometheus/backupmand-rules.test.yml \
+        grafana/backupmand.json; do
+    expect_owner_mode "$SHARE/$file" "root:root 644"
+done
+if command -v promtool >/dev/null; then
+    (cd "$SHARE/prometheus" && promtool check rules backupmand-rules.yml >/dev/null &&
+        promtool test rules backupmand-rules.test.yml >/dev/null) ||
+        fail "promtool check/test rules in $SHARE/prometheus"
+    ok "promtool check rules and test rules in $SHARE/prometheus"
+fi
+"$PREFIX/bin/python" -I -c "
+import json
+dashboard = json.load(open('$SHARE/grafana/backupmand.json', encoding='utf-8'))
+assert dashboard['uid'] == 'backupmand' and dashboard['panels'], 'not the dashboard'
+" || fail "$SHARE/grafana/backupmand.json is not the dashboard"
+ok "$SHARE/grafana/backupmand.json is the dashboard"
+
 # An operator's backup, to be kept by the purge.
 runuser -u "$NAME" -- sh -c "echo backup > '$marker'"
 
@@ -170,12 +191,12 @@ echo "test-deb: purging (with a backup in $BACKUP_DIR)"
 dpkg --purge "$NAME" || fail "dpkg --purge"
 dpkg-query -W -f='${Status}' "$NAME" 2>/dev/null | grep -q "ok installed\|config-files" &&
     fail "still known to dpkg after purge"
-for gone in "$PREFIX" /usr/bin/backupmand "$UNIT" "$CONF_DIR"; do
+for gone in "$PREFIX" /usr/bin/backupmand "$UNIT" "$CONF_DIR" "$SHARE"; do
     if [ -e "$gone" ] || [ -L "$gone" ]; then
         fail "$gone is still there after purge"
     fi
 done
-ok "program, unit and configuration removed"
+ok "program, unit, monitoring files and configuration removed"
 [ -f "$marker" ] || fail "the purge deleted a backup: $marker"
 getent passwd "$NAME" >/dev/null || fail "the purge removed $NAME, who still owns $BACKUP_DIR"
 ok "backups and their owner $NAME kept"

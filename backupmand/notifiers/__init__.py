@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import logs
 from ..config import Settings
 from .base import Notifier
 
@@ -22,6 +23,15 @@ def build_notifiers(settings: Settings) -> list[Notifier]:
         from .ping import PingNotifier
 
         notifiers.append(PingNotifier(config.ping))
+    if config.apprise.enabled:
+        from .apprise import AppriseNotifier
+
+        channel = AppriseNotifier(config.apprise, app_url=settings.http.app_url,
+                                  host=settings.host_name)
+        # Beyond the whole URLs (registered with the settings), the parts of them that
+        # Apprise or an error message may quote on their own.
+        logs.register_secrets(channel.secrets())
+        notifiers.append(channel)
     return notifiers
 
 
