@@ -28,8 +28,9 @@ log = structlog.get_logger("backupmand.api")
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 URL_KEY: web.AppKey[bytes] = web.AppKey("url_key", bytes)
-#: The daemon's schedule, when there is one: its next run feeds /metrics.
-NEXT_RUN: web.AppKey[Callable[[], Any]] = web.AppKey("next_run")
+#: The daemon's schedule (scheduler.Schedule), when there is one: /metrics and the
+#: status page show its next runs.
+SCHEDULE: web.AppKey[Any] = web.AppKey("schedule")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 100_000
@@ -108,13 +109,19 @@ async def get_metrics(request: web.Request) -> web.Response:
     from .metrics import CONTENT_TYPE, render_metrics
 
     runtime = request.app[RUNTIME]
-    next_run = request.app.get(NEXT_RUN)
-    moment = next_run() if next_run is not None else None
+    services = runtime.services
+    schedule = request.app.get(SCHEDULE)
+    moment = schedule.next_run() if schedule is not None else None
+    interval = schedule.interval() if schedule is not None else None
     body = await render_metrics(
         runtime.catalog,
-        next_runs={label: moment for label in runtime.services.sources},
-        upload_failures=runtime.services.upload_failures,
-        drives=list(runtime.services.drives),
+        next_runs={label: moment for label in services.sources},
+        intervals={label: interval for label in services.sources} if interval else {},
+        upload_failures=services.upload_failures,
+        upload_attempt_failures=services.upload_attempt_failures,
+        schedule_failures=services.schedule_failures,
+        verifications=services.verifications,
+        drives=list(services.drives),
     )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

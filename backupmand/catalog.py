@@ -687,13 +687,15 @@ class Catalog:
         """Each label's most recent finished backup (without its drive files), in one query."""
         return await self.latest_by_label(Status.FINISHED)
 
-    async def latest_verified_by_label(self) -> dict[str, Backup]:
-        """Each label's most recently drilled backup (without its drive files)."""
+    async def latest_verified_by_label(self, *, passed: bool = False) -> dict[str, Backup]:
+        """Each label's most recently drilled backup (``passed``: whose drill passed),
+        without its drive files."""
+        where = "verification = 'passed'" if passed else "verification IS NOT NULL"
         rows = await self._db.execute_fetchall(
             f"SELECT {BACKUP_COLUMNS} FROM ("
             f"  SELECT {BACKUP_COLUMNS}, row_number() OVER ("
             "    PARTITION BY label ORDER BY verified_at DESC, seq DESC) AS rank"
-            "  FROM backups WHERE verification IS NOT NULL"
+            f"  FROM backups WHERE {where}"
             ") WHERE rank = 1"
         )
         return {row[_LABEL]: _backup(row) for row in rows}

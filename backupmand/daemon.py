@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from . import systemd
-from .api import NEXT_RUN, create_app
+from .api import SCHEDULE, create_app
 from .config import Settings
 from .runtime import Runtime
 from .scheduler import Schedule
@@ -42,7 +42,7 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
     async with Runtime.open(settings, daemon=True) as runtime:
         schedule = Schedule(runtime)
         app = create_app(runtime)
-        app[NEXT_RUN] = schedule.next_run
+        app[SCHEDULE] = schedule
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, chosen_port, reuse_address=True)

@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .config import Settings
 from .drives import build_drive
 from .drives.base import Drive
-from .errors import ConflictError, InvalidInputError, NotFoundError
+from .errors import ConflictError, InvalidInputError, NotFoundError, RestoreError
 from .files import remove_quietly
 from .locks import FileLock, Locks, slug
 from .models import Backup, Status
@@ -76,6 +76,8 @@ class Runtime:
         #: label -> (backup id, set once that backup let go of the source's lock)
         self._releases: dict[str, tuple[str, asyncio.Event]] = {}
         self.running: dict[str, str] = {}  # label -> step, for STATUS= and /health
+        #: Restore drills running in this process, by backup id.
+        self._drills: dict[str, asyncio.Task[Any]] = {}
         services.on_progress = self._on_progress
 
     # ------------------------------------------------------------------ life cycle
@@ -83,8 +85,11 @@ class Runtime:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, settings: Settings, *, daemon: bool = False, recover: bool = True
+        cls, settings: Settings, *, daemon: bool = False, recover: bool = True,
+        drop_scratch: bool | None = None,
     ) -> AsyncIterator[Runtime]:
+        """``drop_scratch``: also drop the scratch databases crashed drills left behind
+        (default: for the daemon)."""
         logs.register_secrets(settings.secrets())
         private_locks: str | None = None
         if settings.database.provider == "memory":
@@ -112,7 +117,8 @@ class Runtime:
                 runtime = cls(settings, services, locks)
                 try:
                     if recover:
-                        await runtime.recover()
+                        await runtime.recover(drop_scratch=daemon if drop_scratch is None
+                                              else drop_scratch)
                     yield runtime
                 finally:
                     await runtime.close()
@@ -133,8 +139,14 @@ class Runtime:
                 log.warning("close.failed", component=type(closable).__name__, error=str(error))
 
     async def stop(self, grace: float) -> None:
-        """Take no new work; let in-flight backups run ``grace`` seconds, then stop them."""
+        """Take no new work; let in-flight backups run ``grace`` seconds, then stop them.
+        Drills are stopped at once (their scratch databases are dropped)."""
         self.closing = True
+        drills = list(self._drills.values())
+        for task in drills:
+            task.cancel()
+        if drills:
+            await asyncio.gather(*drills, return_exceptions=True)
         tasks = list(self._tasks.values())
         if not tasks:
             return
@@ -148,7 +160,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ recovery
 
-    async def recover(self) -> None:
+    async def recover(self, *, drop_scratch: bool = False) -> None:
         """Make the catalog and the tmp folders tell the truth after a crash.
 
         A pending backup whose source lock nobody holds was left by a dead process: it
@@ -192,6 +204,10 @@ class Runtime:
         try:
             labels = [label for label, _ in free]
             await asyncio.to_thread(self._sweep, labels)
+            if drop_scratch:
+                from .drills import drop_leftovers
+
+                await drop_leftovers(self.services, labels)
             patterns = [name_pattern(label) for label in labels]
             for drive in self.services.drives.values():
                 try:
@@ -358,6 +374,82 @@ class Runtime:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    # ------------------------------------------------------------------ drills
+
+    async def verify(self, backup_id: str, *, drive: str | None = None,
+                     identity: Path | None = None) -> Backup:
+        """Drill one backup now, holding its source's lock (ConflictError when busy)."""
+        backup = await self.catalog.get_backup(backup_id)
+        if backup.status is not Status.FINISHED:
+            raise ConflictError(f"backup {backup_id} is {backup.status.value}: only finished "
+                                "backups are drilled")
+        lock = await self._acquire(backup.label)
+        if lock is None:
+            raise ConflictError(f"a backup or drill of {backup.label} is in flight")
+        try:
+            from .drills import drill
+
+            return await drill(self.services, backup, drive=drive, identity=identity)
+        finally:
+            lock.release()
+
+    def drilling(self, backup_id: str) -> bool:
+        return backup_id in self._drills
+
+    async def start_verify(self, backup_id: str, *, drive: str | None = None) -> None:
+        """Start a drill in the background (the API's 202); ConflictError while a drill of
+        that backup runs, NotFoundError / ConflictError for a backup that cannot be."""
+        if self.closing:
+            raise ConflictError("backupmand is shutting down")
+        backup = await self.catalog.get_backup(backup_id)
+        if backup.status is not Status.FINISHED:
+            raise ConflictError(f"backup {backup_id} is {backup.status.value}: only finished "
+                                "backups are drilled")
+        if drive is not None and drive not in self.services.drives:
+            raise InvalidInputError(f"drive {drive!r} is not configured")
+        if backup_id in self._drills:
+            raise ConflictError(f"a drill of backup {backup_id} is already running")
+
+        async def run() -> Backup | None:
+            try:
+                return await self.verify(backup_id, drive=drive)
+            except (ConflictError, RestoreError) as error:
+                log.error("verify.not_run", backup_id=backup_id, label=backup.label,
+                          reason=str(error))
+                return None
+            except Exception:
+                log.exception("verify.crashed", backup_id=backup_id, label=backup.label)
+                return None
+            finally:
+                self._drills.pop(backup_id, None)
+
+        self._drills[backup_id] = asyncio.create_task(run(), name=f"drill-{backup_id}")
+
+    async def verify_latest(self) -> list[Backup]:
+        """Drill the latest finished backup of every source, one at a time (verify_job);
+        a source whose backup is running is skipped until the next tick."""
+        latest = await self.catalog.last_finished_by_label()
+        results = []
+        for label in self.services.sources:
+            if self.closing:
+                break
+            backup = latest.get(label)
+            if backup is None:
+                log.info("verify.skipped", label=label, reason="no finished backup yet")
+                continue
+            try:
+                task = asyncio.create_task(self.verify(backup.id))
+                self._drills[backup.id] = task
+                try:
+                    results.append(await task)
+                finally:
+                    self._drills.pop(backup.id, None)
+            except ConflictError as error:
+                log.info("verify.skipped", label=label, reason=str(error))
+            except RestoreError as error:
+                log.error("verify.not_run", backup_id=backup.id, label=label, reason=str(error))
+        return results
 
     # ------------------------------------------------------------------ progress
 

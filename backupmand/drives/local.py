@@ -212,7 +212,7 @@ class LocalFolder(Drive[LocalDrive]):
     async def sweep(self, is_stale: Callable[[str], bool]) -> list[str]:
         """Temporary files of uploads whose process died (``<prefix><32 hex>-<name>``)."""
         def remove() -> list[str]:
-            removed = []
+            removed: list[str] = []
             if not self.folder.is_dir():
                 return removed
             for entry in self.folder.glob(f"{TEMP_PREFIX}*"):

@@ -27,7 +27,7 @@ def backup(index: int, label: str, status: Status, age: dt.timedelta) -> Backup:
         status=status, dump_status=Status.FINISHED if status is Status.FINISHED else status,
         name=f"{label}-{index}.sqlite.zst", dump_path=None, compression="zstd", size=1,
         sha256="0" * 64, error=None if status is not Status.FAILED else "boom",
-        created_at=created, updated_at=None, finished_at=None,
+        created_at=created, updated_at=None, finished_at=None, seq=index + 1,
     )
 
 
@@ -39,7 +39,11 @@ def histories(draw: st.DrawFn) -> list[Backup]:
         # Hours over ~60 days, coarse enough that equal timestamps happen.
         st.integers(min_value=0, max_value=60 * 24).map(lambda h: dt.timedelta(hours=h)),
     ), max_size=40))
-    return [backup(i, label, status, age) for i, (label, status, age) in enumerate(entries)]
+    made = [backup(i, label, status, age) for i, (label, status, age) in enumerate(entries)]
+    # The catalog's sequence follows creation: here, the recorded times (the clock never
+    # went back in these histories; tests/unit/test_retention_policy.py covers that).
+    ordered = sorted(made, key=lambda b: (b.created_at, b.id))
+    return [dataclasses.replace(b, seq=position) for position, b in enumerate(ordered, start=1)]
 
 
 policies = st.builds(

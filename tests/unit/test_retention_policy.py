@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from backupmand.config import RetentionConfig
 from backupmand.models import Backup, Status
-from backupmand.retention import select_expired
 from backupmand.retention_policy import Candidate, Decision, decide
 
 UTC = dt.UTC
@@ -408,7 +407,38 @@ def test_age_and_count_never_delete_what_they_must_keep(
             assert "count" not in decisions[backup.id].reasons
 
 
-# ---- age and count keep today's meaning (retention.select_expired)
+# ---- age and count keep release 1.0's meaning (first_round_select_expired)
+
+
+def first_round_select_expired(
+    backups: Iterable[Backup], policy: RetentionConfig, now: dt.datetime
+) -> list[Backup]:
+    """Release 1.0's policy, kept here as the reference that ``age`` and ``count`` must
+    still agree with where the clock never went back."""
+    by_label: dict[str, list[Backup]] = defaultdict(list)
+    for backup in backups:
+        by_label[backup.label].append(backup)
+    expired: list[Backup] = []
+    for items in by_label.values():
+        items.sort(key=lambda b: (b.created_at, b.id), reverse=True)
+        finished = [b for b in items if b.status is Status.FINISHED]
+        protected = {b.id for b in finished[: policy.min_keep]}
+        if policy.by == "age":
+            cutoff = now - dt.timedelta(days=policy.value)
+            candidates = [b for b in items if b.created_at < cutoff]
+        else:
+            kept = finished[: policy.value]
+            oldest_kept = kept[-1].created_at if len(kept) == policy.value else None
+            candidates = [b for b in finished[policy.value:]]
+            if oldest_kept is not None:
+                candidates += [b for b in items
+                               if b.status is Status.FAILED and b.created_at < oldest_kept]
+        expired.extend(
+            b for b in candidates if b.status is not Status.PENDING and b.id not in protected
+        )
+    expired.sort(key=lambda b: (b.created_at, b.id))
+    return expired
+
 
 
 @st.composite
@@ -441,6 +471,6 @@ def test_age_and_count_agree_with_select_expired_on_todays_histories(
     history: list[Candidate], policy: RetentionConfig,
 ) -> None:
     now = dt.datetime(2026, 10, 15, tzinfo=UTC)
-    expired = {b.id for b in select_expired(map(as_backup, history), policy, now)}
+    expired = {b.id for b in first_round_select_expired(map(as_backup, history), policy, now)}
     decisions = decide(history, policy, now=now, timezone=UTC)
     assert {bid for bid, d in decisions.items() if not d.keep} == expired
