@@ -134,10 +134,6 @@ class Bridge:
                 channel.finished = True
                 channel.changed.notify_all()
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def feed(self, block: bytes, *, settle: bool = False) -> bytes:
         channel = self._channel
         with channel.changed:
@@ -163,10 +159,10 @@ class Bridge:
             channel.changed.notify_all()
             while not channel.finished:
                 channel.changed.wait()
+        self._thread.join()  # it has returned: this only waits for the thread to exit
+        with channel.changed:
             self._raise_failure()
-            output = self._take()
-        self._thread.join()
-        return output
+            return self._take()
 
     def abandon(self, *, wait: bool = True) -> None:
         """Stop the rage call at its next read and (with ``wait``) join its thread; idempotent.
