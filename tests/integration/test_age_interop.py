@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster
 
+from backupmand import compression
 from backupmand.encryption import (
     Decryptor,
     Encryptor,
@@ -115,6 +116,28 @@ def test_backupmand_files_decrypt_with_stock_age(age_key, tmp_path):
     result = subprocess.run([AGE, "-d", "-i", str(age_key.identity), str(path)], capture_output=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == plaintext
+
+
+def test_compress_encrypt_hash_as_the_pipeline_chains_them(age_key, tmp_path):
+    """zstd -> age -> SHA-256 in one worker's calls; by hand: age -d -i id | zstd -d."""
+    plaintext = dump_like(6 * MIB)
+    compressor = compression.compressor("zstd", 3, 2)
+    encryptor = Encryptor([age_key.recipient])
+    digest = hashlib.sha256()
+    stored = bytearray()
+    for start in range(0, len(plaintext), MIB):
+        sealed = encryptor.encrypt(compressor.compress(plaintext[start:start + MIB]))
+        digest.update(sealed)
+        stored += sealed
+    sealed = encryptor.encrypt(compressor.flush()) + encryptor.flush()
+    digest.update(sealed)
+    stored += sealed
+    assert digest.hexdigest() == hashlib.sha256(stored).hexdigest()
+    path = tmp_path / "main.sql.zst.age"
+    path.write_bytes(stored)
+    by_hand = subprocess.run(f"{AGE} -d -i {age_key.identity} {path} | zstd -d", shell=True,
+                             capture_output=True, check=True)
+    assert by_hand.stdout == plaintext
 
 
 def test_stock_age_files_decrypt_here(age_key):
