@@ -9,9 +9,11 @@
     ├── ConflictError               the backup is in the wrong state for the request (API 409)
     ├── ProcessError                a subprocess failed: exit status, signal, timeout, missing tool
     │   └── DumpError               a dump failed or its output is incomplete
+    │       └── EncryptionError     the dump could not be age-encrypted (never stored in plaintext)
     ├── DriveError                  a drive refused an upload, download, delete or health check
     │   └── VerificationError       what the drive holds differs from what was sent
     ├── RestoreError                a restore could not fetch, verify or load a backup
+    │   └── DecryptionError         no usable identity, or the age file is truncated or altered
     ├── NotifierError               a notification channel could not deliver (logged, never fatal)
     └── HealthError                 a health check found a component DOWN
 
@@ -65,6 +67,10 @@ class DumpError(ProcessError):
     """Raised when a dump fails or its output is incomplete."""
 
 
+class EncryptionError(DumpError):
+    """Raised when the stream cannot be age-encrypted: the backup fails, nothing is stored."""
+
+
 class DriveError(BackupmandError):
     """Raised when a drive refuses an operation."""
 
@@ -82,6 +88,11 @@ class VerificationError(DriveError):
 
 class RestoreError(BackupmandError):
     """Raised when a restore cannot fetch, verify or load a backup."""
+
+
+class DecryptionError(RestoreError):
+    """Raised when a backup cannot be decrypted: the identity file is missing, unsafe or
+    does not match, or the age file is not one, is truncated or was altered."""
 
 
 class NotifierError(BackupmandError):
