@@ -208,6 +208,70 @@ async def retry_backup(request: web.Request) -> web.Response:
     return web.json_response({"Message": "Retry started", "BackupIds": [backup.id]})
 
 
+@routes.post("/api/backups/{id}/verify")
+async def verify_backup(request: web.Request) -> web.Response:
+    drive = None
+    if request.can_read_body:
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidInputError("the body must be JSON") from None
+            if not isinstance(body, dict) or set(body) - {"Drive"}:
+                raise InvalidInputError('the body must be a JSON object like {"Drive": "label"}')
+            drive = body.get("Drive")
+            if drive is not None and not isinstance(drive, str):
+                raise InvalidInputError("Drive must be a drive's label")
+    await request.app[RUNTIME].start_verify(request.match_info["id"], drive=drive)
+    return web.json_response({"Message": "Verification started"}, status=202)
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.Response:
+    note = None
+    if pinned and request.can_read_body:
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidInputError("the body must be JSON") from None
+            if not isinstance(body, dict) or set(body) - {"Note"}:
+                raise InvalidInputError('the body must be a JSON object like {"Note": "why"}')
+            note = body.get("Note")
+            if note is not None and (not isinstance(note, str) or len(note) > 1000):
+                raise InvalidInputError("Note must be a string of at most 1000 characters")
+    backup = await request.app[RUNTIME].catalog.update_backup(
+        request.match_info["id"], pinned=pinned, pin_note=note)
+    return web.json_response(backup.to_api())
+
+
+@routes.post("/api/backups/{id}/pin")
+async def pin_backup(request: web.Request) -> web.Response:
+    return await _pin(request, True)
+
+
+@routes.delete("/api/backups/{id}/pin")
+async def unpin_backup(request: web.Request) -> web.Response:
+    return await _pin(request, False)
+
+
+@routes.get("/api/retention/preview")
+async def retention_preview(request: web.Request) -> web.Response:
+    from .retention import plan, preview
+
+    unknown = sorted(set(request.query) - {"label"})
+    if unknown:
+        raise InvalidInputError(f"unknown query parameter(s): {', '.join(unknown)}")
+    runtime = request.app[RUNTIME]
+    label = request.query.get("label") or None
+    verdicts = await plan(runtime.services, label=label, mark=False)
+    body = preview(verdicts)
+    body["Enabled"] = runtime.settings.retention.enabled
+    body["Policy"] = runtime.settings.retention.by
+    return web.json_response(body)
+
+
 @routes.get("/api/backups/{id}/generate-download-url")
 async def generate_download_url(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]

@@ -98,7 +98,7 @@ async def choose_drive(services: Services, backup: Backup,
                        + (f" ({'; '.join(reasons)})" if reasons else ""))
 
 
-def _identities(services: Services, backup: Backup, identity: Path | None) -> Any:
+async def _identities(services: Services, backup: Backup, identity: Path | None) -> Any:
     if not backup.encrypted:
         return None
     settings = services.settings
@@ -116,7 +116,7 @@ def _identities(services: Services, backup: Backup, identity: Path | None) -> An
     from .encryption import load_identities
 
     try:
-        identities = load_identities(identity.expanduser())
+        identities = await asyncio.to_thread(load_identities, identity.expanduser())
     except (OSError, ValueError) as error:
         raise RestoreError(f"cannot use the identity file {identity}: {error}") from None
     logs.register_secrets(identities.secrets())
@@ -135,7 +135,7 @@ async def drill(services: Services, backup: Backup, *, drive: str | None = None,
     if source is None:
         raise RestoreError(f"data source {backup.label!r} is no longer configured")
     assert backup.size is not None and backup.sha256 is not None
-    identities = _identities(services, backup, identity)
+    identities = await _identities(services, backup, identity)
     chosen, path = await choose_drive(services, backup, drive)
     with structlog.contextvars.bound_contextvars(backup_id=backup.id, label=backup.label,
                                                  drive=chosen.label), persistent():

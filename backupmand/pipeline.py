@@ -46,7 +46,6 @@ from .stream import Chain, describe_os_error, encode_bytes, write_stage
 log = structlog.get_logger("backupmand.pipeline")
 
 INTERRUPTED = "interrupted: backupmand was stopped before this backup ended"
-AGE_HEADER = b"age-encryption.org/v1\n"
 
 
 def dump_name(label: str, backup_id: str, extension: str, compression: str,
@@ -478,6 +477,8 @@ async def _with_retries(
 
 async def check_age_header(drive: Drive[Any], path: str) -> None:
     """The drive's own copy must begin with the age header: never silently plaintext."""
+    from .encryption import AGE_HEADER
+
     head = bytearray()
     async for block in drive.download(path, start=0, end=len(AGE_HEADER)):
         head += block

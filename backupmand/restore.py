@@ -128,7 +128,7 @@ async def restore_backup(settings: Settings, catalog: Catalog, backup_id: str | 
         source: Source[Any] | None = None
         if request.to_source is not None:
             source = _target_source(settings, request.to_source, backup)
-        identities = _identities(settings, request, backup, source)
+        identities = await _identities(settings, request, backup, source)
         what = (f"backup {backup.id} of {backup.label!r} ({rfc3339(backup.created_at)}) "
                 f"from {origin.description}")
         if source is not None:
@@ -172,7 +172,7 @@ def _target_source(settings: Settings, label: str, backup: Backup) -> Source[Any
     return build_source(config)
 
 
-def _identities(settings: Settings, request: Request, backup: Backup,
+async def _identities(settings: Settings, request: Request, backup: Backup,
                 source: Source[Any] | None) -> Any:
     """The age identities for an encrypted backup (read now, never logged), or None."""
     if not backup.encrypted:
@@ -192,7 +192,7 @@ def _identities(settings: Settings, request: Request, backup: Backup,
     from .encryption import load_identities
 
     try:
-        identities = load_identities(path.expanduser())
+        identities = await asyncio.to_thread(load_identities, path.expanduser())
     except (OSError, ValueError) as error:
         raise RestoreError(f"cannot use the identity file {path}: {error}") from None
     logs.register_secrets(identities.secrets())

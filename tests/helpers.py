@@ -97,6 +97,9 @@ def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None =
 
 _TEMPLATES = [
     (re.compile(r"^/api/backups/[^/]+/retry$"), "/api/backups/{id}/retry"),
+    (re.compile(r"^/api/backups/[^/]+/verify$"), "/api/backups/{id}/verify"),
+    (re.compile(r"^/api/backups/[^/]+/pin$"), "/api/backups/{id}/pin"),
+    (re.compile(r"^/api/retention/preview$"), "/api/retention/preview"),
     (re.compile(r"^/api/backups/[^/]+/generate-download-url$"),
      "/api/backups/{id}/generate-download-url"),
     (re.compile(r"^/api/backups/[^/]+/download$"), "/api/backups/{id}/download"),
@@ -167,7 +170,7 @@ class Daemon:
         except ValueError:
             parsed = raw
         template = api_template(path)
-        if template is not None and method in ("GET", "POST"):
+        if template is not None and method in ("GET", "POST", "DELETE"):
             from backupmand.openapi import validate_response
 
             validate_response(method, template, status, parsed)
