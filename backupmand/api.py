@@ -15,6 +15,7 @@ from aiohttp import web
 from . import health, signing
 from .errors import (
     BackupmandError,
+    CatalogError,
     ConflictError,
     DriveError,
     InvalidInputError,
@@ -58,6 +59,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(404, str(error))
     except ConflictError as error:
         return _error(409, str(error))
+    except CatalogError as error:  # gone, replaced, damaged or full: the daemon cannot serve
+        log.error("api.catalog_error", path=request.path, error=str(error))
+        return _error(503, str(error))
     except DriveError as error:
         log.error("api.drive_error", path=request.path, error=str(error))
         return _error(502, f"drive error: {error}")

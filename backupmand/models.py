@@ -275,7 +275,7 @@ class Backup:
 
 def dumps_json(value: Any) -> str | None:
     """A JSON column's text (None stays NULL)."""
-    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def loads_json(text: str | None) -> Any:
