@@ -265,3 +265,23 @@ def test_a_recipients_file_line_is_reported_under_its_key(tmp_path: Path):
     recipients.write_text("# team\nage1good\nnonsense\n")
     (problem,) = problems_of(document(tmp_path, encryption={"recipients_file": str(recipients)}))
     assert problem.startswith("encryption.recipients_file: line 2: is not an age recipient")
+
+
+# ---------------------------------------------------------------------------- shipped configs
+
+
+@pytest.mark.parametrize("name", ["config/quickstart.yml", "config/backupmand.example.yml",
+                                  "packaging/config.yml"])
+def test_the_shipped_configs_load(name: str):
+    from tests.helpers import ROOT
+
+    variables = {"PG_PASSWORD": "pg-password", "SHOP_DB_PASSWORD": "shop-password",
+                 "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+                 "SMTP_PASSWORD": "smtp-password", "WEBHOOK_TOKEN": "webhook-token",
+                 "BACKUPMAND_API_KEY": "an-api-key-0123456789"}
+    settings = parse_settings((ROOT / name).read_text(), env=variables)
+    assert settings.warnings() == []
+    if name == "config/quickstart.yml":
+        quickstart = parse_settings((ROOT / name).read_text(), env={})
+        assert [key.get_secret_value() for key in quickstart.http.api_keys] == [
+            "quickstart-key-change-me"]
