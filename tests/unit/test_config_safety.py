@@ -251,6 +251,10 @@ def test_download_urls_valid_for_more_than_7_days_are_warned_about(tmp_path: Pat
      "encryption.recipients_file: give either recipients or recipients_file, not both"),
     ({"encryption": {"recipients_file": "/nonexistent/recipients"}},
      "encryption.recipients_file: cannot read /nonexistent/recipients"),
+    ({"notifiers": {"webhook": {"endpoints": [
+        {"name": "x", "url": "http://127.0.0.1:1/", "secret": "whsec_not base64!"}]}}},
+     "notifiers.webhook.endpoints[0].secret: a secret starting with whsec_ must continue in "
+     "base64"),
     ({"data_sources": [source("app", "/t/a"), source("App", "/t/b")]},
      "data_sources[1].label: 'App' is used twice (also data_sources[0].label;"),
 ])
