@@ -29,12 +29,16 @@ log = structlog.get_logger("backupmand.api")
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 URL_KEY: web.AppKey[bytes] = web.AppKey("url_key", bytes)
+HEALTH: web.AppKey[health.HealthCache] = web.AppKey("health", health.HealthCache)
 #: The daemon's schedule (scheduler.Schedule), when there is one: /metrics and the
 #: status page show its next runs.
 SCHEDULE: web.AppKey[Any] = web.AppKey("schedule")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 100_000
+#: Digits a number in a query or a Range may have: enough for any offset or byte
+#: position (2**63 has 19), few enough that parsing one costs nothing.
+MAX_DIGITS = 19
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -92,9 +96,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _key_matches(given: str, runtime: Runtime) -> bool:
+    # aiohttp decodes header bytes that are not UTF-8 as lone surrogates: turned back
+    # into the bytes sent, they simply match no key.
+    sent = given.encode("utf-8", "surrogateescape")
     found = False
     for key in runtime.settings.http.api_keys:  # every key compared: no early exit
-        found |= hmac.compare_digest(given.encode(), key.get_secret_value().encode())
+        found |= hmac.compare_digest(sent, key.get_secret_value().encode())
     return found
 
 
@@ -139,7 +146,7 @@ async def get_openapi(_request: web.Request) -> web.Response:
 
 @routes.get("/health")
 async def get_health(request: web.Request) -> web.Response:
-    body = await health.report(request.app[RUNTIME])
+    body = await request.app[HEALTH].report()
     return web.json_response(body, status=200 if body["Status"] == "UP" else 503)
 
 
@@ -147,7 +154,8 @@ def _int_param(request: web.Request, name: str, low: int, high: int) -> int | No
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+    if (len(raw) > MAX_DIGITS or not re.fullmatch(r"[0-9]+", raw)
+            or not low <= int(raw) <= high):
         raise InvalidInputError(f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -185,6 +193,8 @@ async def start_backups(request: web.Request) -> web.Response:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 raise InvalidInputError("the body must be JSON") from None
+            except RecursionError:  # arrays in arrays, 100,000 deep
+                raise InvalidInputError("the body is nested too deeply") from None
             if not isinstance(body, dict):
                 raise InvalidInputError('the body must be a JSON object like {"Sources": [...]}')
             extra = sorted(set(body) - {"Sources"})
@@ -286,7 +296,7 @@ async def generate_download_url(request: web.Request) -> web.Response:
     return web.json_response({"Url": url, "ExpiresIn": http.download_url_ttl})
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(rf"^bytes=([0-9]{{0,{MAX_DIGITS}}})-([0-9]{{0,{MAX_DIGITS}}})$")
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -362,5 +372,6 @@ def create_app(runtime: Runtime, url_key: bytes | None = None) -> web.Applicatio
                           client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app[URL_KEY] = url_key if url_key is not None else signing.load_key(runtime.settings)
+    app[HEALTH] = health.HealthCache(runtime)
     app.add_routes(routes)
     return app

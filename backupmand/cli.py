@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .permissions import set_private_umask
+
+    set_private_umask()  # before anything is written: dumps, catalog and keys are 0600 in 0700
     args = build_parser().parse_args(argv)
     if args.command == "version":
         from .version import build_info
@@ -157,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .config import load_settings
 
         settings = load_settings(args.config)
+        _start(settings)
         if args.command == "check-config":
             return _check_config(settings)
         return asyncio.run(_dispatch(args, settings))
@@ -164,14 +168,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backupmand: {error}", file=sys.stderr)
         return EX_CONFIG
     except BackupmandError as error:
-        print(f"backupmand: {error}", file=sys.stderr)
+        print(f"backupmand: {logs.redact_text(str(error))}", file=sys.stderr)
         return EX_FAILED
     except KeyboardInterrupt:
         return 130
 
 
+def _start(settings: Settings) -> None:
+    """What every command does first with its settings: learn every secret (so that no log
+    line, error or notification of this process shows one) and say what looks unwise."""
+    import structlog
+
+    from . import logs
+
+    logs.register_settings(settings)
+    for warning in settings.warnings():
+        structlog.get_logger("backupmand.config").warning("config.warning", problem=warning)
+
+
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from .permissions import prepare_state
+
     command = args.command
+    if settings.database.provider == "sqlite":  # a memory catalog keeps nothing on disk
+        # Before the catalog opens: created 0600 in a 0700 folder whatever SQLite would do.
+        await asyncio.to_thread(prepare_state, settings.database.db_path,
+                                settings.state_directory)
     if command == "serve":
         from .daemon import serve
 
@@ -488,6 +510,8 @@ def _check_config(settings: Settings) -> int:
     from .schedule import next_fire_times, parse_cron, resolve_timezone
 
     print(yaml.safe_dump(masked(settings), sort_keys=False, allow_unicode=True), end="")
+    for warning in settings.warnings():
+        print(f"# warning: {warning}")
     job = settings.http.backup_job
     zone = resolve_timezone(job.timezone)
     print("# schedule")
@@ -508,6 +532,7 @@ def _auth_google(args: argparse.Namespace) -> int:
         from .config import GoogleDrive, load_settings
 
         settings = load_settings(args.config)
+        _start(settings)
         drives = [d for d in settings.drives if isinstance(d, GoogleDrive)]
         if not drives:
             print("backupmand: no google_drive drive in the config; give --client-secret-file "

@@ -7,8 +7,13 @@ Loading happens in three steps, each reporting every problem it finds at once:
    paths are looked up in ``$CREDENTIALS_DIRECTORY``, systemd's credentials);
 3. validation against the pydantic models below (unknown keys are errors).
 
-Problems are reported with their key path (``data_sources[1].port: ...``) and never
-with the offending value, so a secret cannot leak through an error message.
+Problems are reported with the path of the key at fault (``data_sources[1].port: ...``,
+``drives[0].provider: ...``, never only its parent) and never with the offending
+value, so a secret cannot leak through an error message. A validator that checks
+several keys together raises KeyProblem to say which key its message is about.
+
+Checks across sections (folders and buckets two parts of the config would share) run
+once the settings are valid, and report every overlap with both key paths.
 """
 
 from __future__ import annotations
@@ -71,6 +76,25 @@ def _identifier_ok(value: str) -> str:
     return value
 
 
+class KeyProblem(ValueError):
+    """Raised by a validator whose problem is with one key below the model it validates.
+
+    ``key`` is relative to that model (``cron``, ``recipients[0]``, ``[1]`` for a list
+    item); the reported path is the model's path joined with it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+#: The shortest accepted secrets, in bytes: an HMAC key for download URLs, an API key.
+MIN_URL_SECRET_BYTES = 32
+MIN_API_KEY_BYTES = 16
+#: Signed download URLs valid longer than this are warned about (a leaked URL lives on).
+LONG_DOWNLOAD_URL_TTL = 7 * 24 * 3600
+
+
 Label = Annotated[str, Field(min_length=1, max_length=100)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -114,21 +138,26 @@ class EncryptionConfig(Model):
         from .encryption import check_recipient  # late: keeps the age library off --help
 
         if self.recipients and self.recipients_file is not None:
-            raise ValueError("give either recipients or recipients_file, not both")
+            raise KeyProblem("recipients_file", "give either recipients or recipients_file, "
+                             "not both")
         for index, recipient in enumerate(self.recipients):
             try:
                 check_recipient(recipient)
             except ValueError as error:
-                raise ValueError(f"recipients[{index}]: {error}") from None
+                raise KeyProblem(f"recipients[{index}]", str(error)) from None
         if self.recipients_file is not None:
-            for number, recipient in enumerate(self.recipient_lines(), start=1):
+            try:
+                lines = self.recipient_lines()
+            except ValueError as error:
+                raise KeyProblem("recipients_file", str(error)) from None
+            for number, recipient in enumerate(lines, start=1):
                 try:
                     check_recipient(recipient)
                 except ValueError as error:
-                    raise ValueError(f"recipients_file line {number}: {error}") from None
+                    raise KeyProblem("recipients_file", f"line {number}: {error}") from None
         if not self.all_recipients():
-            raise ValueError("encryption needs at least one recipient (recipients or "
-                             "recipients_file)")
+            raise KeyProblem("recipients", "encryption needs at least one recipient "
+                             "(recipients or recipients_file)")
         return self
 
     def recipient_lines(self) -> list[str]:
@@ -138,7 +167,7 @@ class EncryptionConfig(Model):
         try:
             text = self.recipients_file.expanduser().read_text(encoding="utf-8")
         except OSError as error:
-            raise ValueError(f"recipients_file: cannot read {self.recipients_file}: "
+            raise ValueError(f"cannot read {self.recipients_file}: "
                              f"{error.strerror or error}") from None
         return [line.strip() for line in text.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
@@ -285,8 +314,9 @@ class S3Drive(DriveBase):
     @model_validator(mode="after")
     def _keys_together(self) -> S3Drive:
         if (self.access_key is None) != (self.secret_key is None):
-            raise ValueError("access_key and secret_key go together (or neither, for the "
-                             "default credential chain)")
+            missing = "secret_key" if self.secret_key is None else "access_key"
+            raise KeyProblem(missing, "access_key and secret_key go together (or neither, for "
+                             "the default credential chain)")
         return self
 
 
@@ -334,7 +364,7 @@ class MailNotifier(Model):
     @model_validator(mode="after")
     def _needs_destinations(self) -> MailNotifier:
         if self.enabled and not self.destinations:
-            raise ValueError("mail is enabled but has no destinations")
+            raise KeyProblem("destinations", "mail is enabled but has no destinations")
         return self
 
 
@@ -344,6 +374,15 @@ class WebhookEndpoint(Model):
     token: SecretStr | None = None
     secret: SecretStr | None = None
     only_on_failure: bool = False
+
+    @field_validator("secret")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from .notifiers.webhook import signing_key  # late: notifiers import config
+
+        if value is not None:
+            signing_key(value.get_secret_value())
+        return value
 
 
 class WebhookNotifier(Model):
@@ -357,7 +396,7 @@ class WebhookNotifier(Model):
     @model_validator(mode="after")
     def _needs_endpoints(self) -> WebhookNotifier:
         if self.enabled and not self.endpoints:
-            raise ValueError("webhook is enabled but has no endpoints")
+            raise KeyProblem("endpoints", "webhook is enabled but has no endpoints")
         return self
 
 
@@ -387,7 +426,7 @@ class PingNotifier(Model):
     @model_validator(mode="after")
     def _needs_url(self) -> PingNotifier:
         if self.enabled and self.url is None and not self.urls:
-            raise ValueError("ping is enabled but has neither url nor urls")
+            raise KeyProblem("url", "ping is enabled but has neither url nor urls")
         return self
 
 
@@ -407,7 +446,7 @@ class AppriseNotifier(Model):
     @model_validator(mode="after")
     def _needs_urls(self) -> AppriseNotifier:
         if self.enabled and not self.urls:
-            raise ValueError("apprise is enabled but has no urls")
+            raise KeyProblem("urls", "apprise is enabled but has no urls")
         return self
 
 
@@ -459,7 +498,7 @@ class RetentionConfig(Model):
         rules = (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
                  self.keep_monthly, self.keep_yearly)
         if self.by == "gfs" and not any(rules) and self.keep_within is None:
-            raise ValueError("by: gfs needs at least one keep_* rule (keep_last, keep_daily, "
+            raise KeyProblem("by", "gfs needs at least one keep_* rule (keep_last, keep_daily, "
                              "..., keep_within)")
         return self
 
@@ -496,11 +535,22 @@ class BackupJob(Model):
     cron: str = "0 3 * * *"
     timezone: str | None = None
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        from .schedule import resolve_timezone  # late: keeps APScheduler off the --help path
+
+        resolve_timezone(value)
+        return value
+
     @model_validator(mode="after")
     def _valid(self) -> BackupJob:
-        from .schedule import parse_cron  # late: keeps APScheduler off the --help path
+        from .schedule import CronError, parse_cron
 
-        parse_cron(self.cron, self.timezone)
+        try:
+            parse_cron(self.cron, self.timezone)
+        except CronError as error:
+            raise KeyProblem("cron", str(error)) from None
         return self
 
 
@@ -520,6 +570,31 @@ class HttpConfig(Model):
     download_url_ttl: int = Field(default=3600, ge=1)
     backup_job: BackupJob = BackupJob()
     verify_job: VerifyJob = VerifyJob()
+    #: Seconds a connection may stay open without a request in progress (before its
+    #: first request and between keep-alive requests) before the daemon closes it.
+    idle_timeout: float = Field(default=5.0, gt=0, le=3600)
+    #: Connections served at once; past it, the longest-open connection without a
+    #: request in progress is closed to make room (so idle connections never lock the
+    #: operator out).
+    max_connections: int = Field(default=512, ge=8, le=65536)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_api_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for index, key in enumerate(value):
+            if len(key.get_secret_value().encode("utf-8")) < MIN_API_KEY_BYTES:
+                raise KeyProblem(f"[{index}]", f"an API key needs at least {MIN_API_KEY_BYTES} "
+                                 "bytes (for example: openssl rand -hex 16)")
+        return value
+
+    @field_validator("url_secret")
+    @classmethod
+    def _long_url_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < (
+                MIN_URL_SECRET_BYTES):
+            raise ValueError(f"needs at least {MIN_URL_SECRET_BYTES} bytes (for example: "
+                             "openssl rand -hex 32), or leave it out to have a key generated")
+        return value
 
 
 class Settings(Model):
@@ -554,21 +629,33 @@ class Settings(Model):
         known = {source.label for source in self.data_sources}
         unknown = sorted(set(self.notifiers.ping.urls) - known)
         if unknown:
-            raise ValueError(f"notifiers.ping.urls: no data source is labelled {unknown[0]!r}")
+            raise KeyProblem(f"notifiers.ping.urls.{unknown[0]}",
+                             f"no data source is labelled {unknown[0]!r}")
         return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> Settings:
         for kind, items in (("data_sources", self.data_sources), ("drives", self.drives)):
-            seen: set[str] = set()
-            for item in items:
+            seen: dict[str, int] = {}
+            for index, item in enumerate(items):
                 key = slug(item.label)
                 if key in seen:
-                    raise ValueError(
-                        f"{kind}: label {item.label!r} is used twice (labels are compared "
-                        "ignoring case and punctuation, as they name files)")
-                seen.add(key)
+                    raise KeyProblem(
+                        f"{kind}[{index}].label",
+                        f"{item.label!r} is used twice (also {kind}[{seen[key]}].label; labels "
+                        "are compared ignoring case and punctuation, as they name files)")
+                seen[key] = index
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably unwise, each with its key path."""
+        found: list[str] = []
+        ttl = self.http.download_url_ttl
+        if ttl > LONG_DOWNLOAD_URL_TTL:
+            found.append(
+                f"http.download_url_ttl: {ttl} s is more than 7 days: a signed download URL "
+                "that leaks (a chat message, a proxy log) downloads the backup until it expires")
+        return found
 
     # ---- derived values
 
@@ -712,28 +799,116 @@ def _prepare(node: Any, parts: list[Any], problems: list[str], env: Mapping[str,
 
 
 def _describe(error: Any) -> str:
-    location = [part for part in error["loc"] if not _is_union_tag(part)]
+    location = _location(error["loc"])
     message = error["msg"]
     kind = error["type"]
+    cause = (error.get("ctx") or {}).get("error")
     if kind == "extra_forbidden":
         message = "unknown key"
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
+        location.append("provider")
         message = f"unknown provider (expected one of {expected})"
     elif kind == "union_tag_not_found":
-        message = "the 'provider' key is required"
+        location.append("provider")
+        message = "required key is missing"
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    return f"{_path_str(location)}: {message}"
+    path = _path_str(location)
+    if isinstance(cause, KeyProblem):
+        path = cause.key if path == "(top level)" else (
+            path + cause.key if cause.key.startswith("[") else f"{path}.{cause.key}")
+    return f"{path}: {message}"
 
 
-def _is_union_tag(part: Any) -> bool:
-    return (isinstance(part, str) and part in {
-        "postgres", "postgresql", "mysql", "mariadb", "sqlite", "local", "s3", "google_drive",
-        "gdrive", "function-after[_keys_together(), S3Drive]",
-    }) or (isinstance(part, str) and part.startswith("function-"))
+_UNION_TAGS = frozenset({
+    "postgres", "postgresql", "mysql", "mariadb", "sqlite", "local", "s3", "google_drive", "gdrive",
+})
+
+
+def _location(parts: tuple[Any, ...]) -> list[Any]:
+    """The key path of an error, without pydantic's own steps: the tag of a tagged union
+    (right after a list index) and the names of validator functions."""
+    location: list[Any] = []
+    for index, part in enumerate(parts):
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if (isinstance(part, str) and part in _UNION_TAGS and index > 0
+                and isinstance(parts[index - 1], int)):
+            continue
+        location.append(part)
+    return location
+
+
+# ---------------------------------------------------------------------------- shared places
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def _local_folder(raw: Path | str, host: str) -> Path:
+    """A folder as backupmand will use it: ``{host}`` filled in, ``~`` expanded, resolved."""
+    return Path(str(raw).replace("{host}", host)).expanduser().resolve()
+
+
+def _relation(first: Path, second: Path) -> str:
+    if first == second:
+        return "is the same folder as"
+    return "is inside" if _contains(second, first) else "contains"
+
+
+def _s3_place(drive: S3Drive, host: str) -> tuple[str, str, tuple[str, ...]]:
+    """(endpoint, bucket, prefix segments) naming where a drive's objects go."""
+    endpoint = drive.endpoint.strip().rstrip("/").lower()
+    for scheme in ("https://", "http://"):
+        endpoint = endpoint.removeprefix(scheme)
+    prefix = drive.prefix.replace("{host}", host).strip("/")
+    return endpoint or "s3.amazonaws.com", drive.bucket, tuple(p for p in prefix.split("/") if p)
+
+
+def shared_places(settings: Settings) -> list[str]:
+    """Every pair of config entries that would write into the same place, with both key paths.
+
+    A source's ``tmp_folder`` overlapping a local drive's ``folder`` turns "remove the
+    local dump" into "remove the drive's copy"; two drives in one place are recorded as
+    two copies when there is one.
+    """
+    host = settings.host_name
+    problems: list[str] = []
+    local = [(index, _local_folder(drive.folder, host)) for index, drive in
+             enumerate(settings.drives) if isinstance(drive, LocalDrive)]
+    for index, source in enumerate(settings.data_sources):
+        tmp_folder = _local_folder(source.tmp_folder, host)
+        for drive_index, folder in local:
+            if _contains(tmp_folder, folder) or _contains(folder, tmp_folder):
+                problems.append(
+                    f"data_sources[{index}].tmp_folder: {tmp_folder} {_relation(tmp_folder, folder)} "
+                    f"drives[{drive_index}].folder ({folder}): removing a dump once it is "
+                    "uploaded would remove the drive's copy; give them separate folders")
+    for position, (first_index, first) in enumerate(local):
+        for second_index, second in local[position + 1:]:
+            if _contains(first, second) or _contains(second, first):
+                problems.append(
+                    f"drives[{second_index}].folder: {second} {_relation(second, first)} "
+                    f"drives[{first_index}].folder: the two drives would share files and count "
+                    "one copy as two; give each drive a folder of its own")
+    buckets = [(index, _s3_place(drive, host)) for index, drive in enumerate(settings.drives)
+               if isinstance(drive, S3Drive)]
+    for position, (first_index, (endpoint, bucket, first_prefix)) in enumerate(buckets):
+        for second_index, (other_endpoint, other_bucket, second_prefix) in buckets[position + 1:]:
+            shorter = min(len(first_prefix), len(second_prefix))
+            if (endpoint, bucket) == (other_endpoint, other_bucket) and (
+                    first_prefix[:shorter] == second_prefix[:shorter]):
+                problems.append(
+                    f"drives[{second_index}].prefix: bucket {bucket!r} at {endpoint} with prefix "
+                    f"{'/'.join(second_prefix) or '(none)'!r} overlaps "
+                    f"drives[{first_index}].prefix ({'/'.join(first_prefix) or '(none)'!r}): the "
+                    "two drives would share objects and count one copy as two; give each drive "
+                    "a prefix of its own")
+    return problems
 
 
 def parse_settings(
@@ -767,6 +942,8 @@ def parse_settings(
                 for other in located))
         )
         settings = None
+    if settings is not None and not problems:
+        problems.extend(shared_places(settings))
     if problems:
         raise ConfigError(sorted(dict.fromkeys(problems)), source)
     assert settings is not None

@@ -1,6 +1,7 @@
 """`backupmand serve`: the API and the schedule in one process, with an orderly stop.
 
-Start order: catalog and recovery (Runtime) -> HTTP listener -> schedule -> READY=1.
+Start order: open-file limit raised -> catalog and recovery (Runtime) -> HTTP listener
+(idle connections closed, connections capped: connections.py) -> schedule -> READY=1.
 Stop (SIGTERM or SIGINT): STOPPING=1 -> no new ticks -> in-flight backups get
 ``shutdown_grace`` seconds, then are stopped and recorded failed -> listener closed
 -> exit 0. SIGHUP is logged and ignored: the config is read at start only, so a
@@ -20,6 +21,13 @@ from aiohttp import web
 from . import systemd
 from .api import SCHEDULE, create_app
 from .config import Settings
+from .connections import (
+    ConnectionGuard,
+    connection_limit,
+    open_listener,
+    quiet_client_errors,
+    raise_open_file_limit,
+)
 from .runtime import Runtime
 from .scheduler import Schedule
 
@@ -38,15 +46,20 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
         lambda: log.warning("signal.sighup_ignored",
                             reason="the config is read at start; restart to apply changes"))
     faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
+    guard = ConnectionGuard(connection_limit(settings.http.max_connections,
+                                             raise_open_file_limit()))
+    quiet_client_errors()
     systemd.status("starting: opening the catalog and recovering interrupted backups")
     async with Runtime.open(settings, daemon=True) as runtime:
         schedule = Schedule(runtime)
         app = create_app(runtime)
         app[SCHEDULE] = schedule
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app.middlewares.insert(0, guard.middleware)  # outermost: sees every request
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=settings.http.idle_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, host, chosen_port, reuse_address=True)
-        await site.start()
+        guard.server = runner.server
+        listener = await open_listener(guard, host, chosen_port)
         schedule.start()
 
         def describe() -> str:
@@ -71,6 +84,7 @@ async def serve(settings: Settings, *, port: int | None = None, listen: str | No
                 systemd.extend_timeout(settings.shutdown_grace + 10)
             schedule.shutdown()
             await runtime.stop(settings.shutdown_grace)
+            listener.close()
             await runner.cleanup()
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

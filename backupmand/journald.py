@@ -138,7 +138,7 @@ def _format_event(event: Any) -> str:
     )
 
 
-def _exception_text(exc_info: Any) -> str | None:
+def exception_text(exc_info: Any) -> str | None:
     """A traceback from structlog's ``exc_info`` (True, an exception, or a tuple)."""
     if not exc_info:
         return None
@@ -171,7 +171,7 @@ def render(
     for key, value in event_dict.items():
         if key not in _CONSUMED:
             parts.append(f"{_format_key(key)}={format_value(value)}")
-    exception = _exception_text(event_dict.get("exc_info"))
+    exception = exception_text(event_dict.get("exc_info"))
     if exception and "exception" not in event_dict:
         parts.append(f"exception={format_value(exception)}")
     line = " ".join(part for part in parts if part)

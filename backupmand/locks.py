@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from .errors import AlreadyRunningError
+from .permissions import private_directory
 
 
 def slug(label: str) -> str:
@@ -37,7 +38,7 @@ class FileLock:
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

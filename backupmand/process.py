@@ -43,11 +43,14 @@ PIPE_SIZE = 1024 * 1024
 _SHORT_READ = 64 * 1024
 _PAUSE = 0.002
 
-#: Variables a child never inherits from the daemon: they would silently change
-#: which server or credentials a client tool uses.
-_DROPPED_PREFIXES = ("PG", "MYSQL", "MARIADB", "AWS_")
-#: systemd's notify variables belong to the daemon alone: a child must not speak for it.
-_DROPPED_NAMES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+#: The only variables a child inherits from the daemon: where tools are, the locale and
+#: time zone its messages and timestamps use, and where it may keep temporary files.
+#: Everything else stays with the daemon: other sources' passwords, the API key, tokens
+#: given as ${VAR}, AWS_*/PG*/MYSQL* variables that would silently change which server
+#: or credentials a tool uses, and systemd's NOTIFY_SOCKET (a child must not speak for
+#: the daemon). A child's own credentials come in its Command's env.
+INHERITED_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR"})
+INHERITED_PREFIXES = ("LC_",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +88,10 @@ async def locate(*names: str) -> str:
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(_DROPPED_PREFIXES) and k not in _DROPPED_NAMES}
+    """What a child sees: the few inherited variables, then its own ``extra``."""
+    env = {name: value for name, value in os.environ.items()
+           if name in INHERITED_NAMES or name.startswith(INHERITED_PREFIXES)}
+    env.setdefault("PATH", os.defpath)
     env.update(extra)
     return env
 

@@ -19,7 +19,9 @@
 # resolved to its versioned name, e.g. /usr/bin/python3.11): a venv points at the
 # interpreter it was made with, so the package depends on exactly that one
 # (python3.11) and works on Debian hosts that have it. pip installs the project and
-# its dependencies from PyPI (network needed; pip's cache makes rebuilds fast).
+# its dependencies from PyPI (network needed; pip's cache makes rebuilds fast), at the
+# versions pinned in constraints.txt (packaging/lock.sh), so that a package built today
+# and one built next month hold the same libraries.
 # Compiled wheels make the package architecture-specific.
 set -euo pipefail
 
@@ -122,8 +124,9 @@ EOF
 log "backupmand $version ($commit) for $arch, python$pyver"
 "$interpreter" -m venv "$venv"
 log "installing the project and its dependencies (pip)"
+[ -f "$root/constraints.txt" ] || die "constraints.txt is missing (packaging/lock.sh writes it)"
 "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
-    --no-compile "$src"
+    --no-compile --constraint "$root/constraints.txt" "$src"
 
 # 3. Relocate it to /opt/backupmand: scripts' #! lines, activate scripts and
 #    pyvenv.cfg name the staging path. pip's direct_url.json names the source copy.

@@ -185,6 +185,18 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"backup {backup_id} still pending after {timeout} s")
 
+    def wait_health(self, expected: str, timeout: float = 15) -> tuple[int, Any]:
+        """``GET /health`` once its Status is ``expected`` (the daemon reuses a report for a
+        few seconds, so a change shows within that time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = self.request("GET", "/health", key=None)
+            if isinstance(body, dict) and body.get("Status") == expected:
+                return status, body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/health still says {body!r} after {timeout} s")
+            time.sleep(0.1)
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")

@@ -61,6 +61,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from .. import logs
 from ..errors import DriveError
 from ..files import fsync_directory
 
@@ -105,6 +106,7 @@ def load_client_secret(path: Path) -> ClientSecret:
             f"the client secret file {path} has no installed.client_id / client_secret: "
             "download the JSON of a 'Desktop app' OAuth client from the Google Cloud console",
             retryable=False)
+    logs.register_secrets([str(section["client_secret"])])  # as it is read: never logged
     return ClientSecret(
         client_id=str(section["client_id"]),
         client_secret=str(section["client_secret"]),
@@ -167,6 +169,7 @@ def load_token(path: Path) -> StoredToken:
                          retryable=False)
     raw_scopes = document.get("scopes") or document.get("scope") or ()
     scopes = tuple(raw_scopes.split() if isinstance(raw_scopes, str) else map(str, raw_scopes))
+    _hide_tokens(path, str(access), str(refresh))
     return StoredToken(
         access_token=str(access),
         refresh_token=str(refresh),
@@ -217,8 +220,15 @@ def write_private_file(path: Path, content: bytes) -> None:
     fsync_directory(folder)
 
 
+def _hide_tokens(path: Path, *tokens: str) -> None:
+    """Tokens as they are read or obtained become secrets of the whole process (the
+    file's previous tokens, replaced or expired, no longer need to be)."""
+    logs.register_secrets(tokens, owner=f"google-token:{Path(path).expanduser()}")
+
+
 def save_token(path: Path, token: StoredToken) -> None:
     """Write the token file atomically, mode 0600 (blocking)."""
+    _hide_tokens(path, token.access_token, token.refresh_token)
     document = token_document(token)
     write_private_file(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
     token.document = document

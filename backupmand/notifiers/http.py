@@ -67,15 +67,19 @@ class HttpDelivery:
 
     async def send(
         self, method: str, url: str, *, data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     ) -> Response:
-        """Return the 2xx response's status; raise DeliveryError once retries are spent."""
+        """Return the 2xx response's status; raise DeliveryError once retries are spent.
+
+        ``headers`` may be a function, called for every attempt (a signature that covers
+        the attempt's time)."""
         problem = "not attempted"
         for attempt in range(1, self.attempts + 1):
             retry_after: str | None = None
+            sent = headers() if callable(headers) else headers
             try:
                 async with self.session().request(
-                    method, url, data=data, headers=dict(headers or {}), allow_redirects=False,
+                    method, url, data=data, headers=dict(sent or {}), allow_redirects=False,
                 ) as response:
                     if 200 <= response.status < 300:
                         return Response(response.status, attempt)

@@ -29,6 +29,7 @@ import structlog
 
 from ..config import MailNotifier as MailConfig
 from ..errors import HealthError, NotifierError
+from ..logs import redact_text
 from ..models import Backup, DriveFile, Status, rfc3339
 from .base import Notifier
 
@@ -69,7 +70,7 @@ class MailNotifier(Notifier):
         return [password.get_secret_value()] if password and password.get_secret_value() else []
 
     def _reason(self, error: BaseException) -> str:
-        text = str(error) or type(error).__name__
+        text = redact_text(str(error) or type(error).__name__)
         for secret in self._secrets():
             text = text.replace(secret, "********")
         if "CERTIFICATE_VERIFY_FAILED" in text and self.config.ca_file is None:
@@ -185,6 +186,12 @@ def duration(backup: Backup) -> float | None:
 
 
 def report_facts(backup: Backup, hostname: str) -> list[tuple[str, str]]:
+    """What the report says about a backup, every value redacted (an error may quote a
+    tool's output, and a tool may have echoed a secret)."""
+    return [(key, redact_text(value)) for key, value in _facts(backup, hostname)]
+
+
+def _facts(backup: Backup, hostname: str) -> list[tuple[str, str]]:
     facts = [
         ("Label", backup.label),
         ("Status", backup.status.value),
@@ -212,7 +219,7 @@ def _drive_line(drive_file: DriveFile) -> str:
         line += f" after {drive_file.attempts} attempts"
     if drive_file.path:
         line += f" — {drive_file.path}"
-    return line
+    return redact_text(line)
 
 
 def _text(backup: Backup, facts: list[tuple[str, str]]) -> str:
@@ -226,7 +233,7 @@ def _text(backup: Backup, facts: list[tuple[str, str]]) -> str:
     for drive_file in backup.drive_files:
         lines.append(f"  - {_drive_line(drive_file)}")
         if drive_file.error:
-            lines.append(f"    error: {drive_file.error}")
+            lines.append(f"    error: {redact_text(drive_file.error)}")
     lines += ["", "-- ", "backupmand"]
     return "\n".join(lines) + "\n"
 
@@ -241,7 +248,7 @@ def _html(backup: Backup, facts: list[tuple[str, str]]) -> str:
         f"<td>{e(value)}</td></tr>" for key, value in facts)
     drives = "\n".join(
         f"<li>{e(_drive_line(drive_file))}"
-        + (f'<br><span style="color:#b00020">error: {e(drive_file.error)}</span>'
+        + (f'<br><span style="color:#b00020">error: {e(redact_text(drive_file.error))}</span>'
            if drive_file.error else "")
         + "</li>"
         for drive_file in backup.drive_files

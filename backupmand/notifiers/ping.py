@@ -18,6 +18,7 @@ import asyncio
 
 from ..config import PingNotifier as PingConfig
 from ..errors import HealthError, NotifierError
+from ..logs import redact_text
 from ..models import Backup, Status
 from .base import Notifier
 from .http import DeliveryError, HttpDelivery, tcp_check
@@ -95,4 +96,4 @@ def summary(backup: Backup) -> str:
         if drive_file.error:
             line += f": {drive_file.error}"
         lines.append(line)
-    return "\n".join(lines)[:SUMMARY_LIMIT]
+    return redact_text("\n".join(lines))[:SUMMARY_LIMIT]

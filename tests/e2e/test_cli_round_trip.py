@@ -32,7 +32,7 @@ def test_run_then_restore_every_engine(postgres_server: PostgresServer,
              "tmp_folder": str(tmp_path / "tmp")},
         ],
         "drives": [{"provider": "local", "label": "disk", "folder": str(tmp_path / "drive")}],
-        "http": {"api_keys": ["k-123456"]},
+        "http": {"api_keys": ["k-0123456789abcdef"]},
     }))
     try:
         ran = run_cli("run", config=config, env=child_env())

@@ -144,7 +144,7 @@ def test_health_reports_every_component(two_sources, tmp_path):
         assert set(details["DataSources"]["Components"]) == {"app", "Other DB"}
         assert details["Notifiers"]["Status"] == "UP"
         (tmp_path / "other.db").unlink()
-        status, body = server.request("GET", "/health", key=None)
+        status, body = server.wait_health("DOWN")
     assert status == 503 and body["Status"] == "DOWN"
     assert body["Details"]["DataSources"]["Components"]["Other DB"]["Status"] == "DOWN"
     assert body["Details"]["DataSources"]["Components"]["app"]["Status"] == "UP"

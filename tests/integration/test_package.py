@@ -26,7 +26,8 @@ from backupmand.config import parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"
-SCRIPTS = [PACKAGING / "build-deb.sh", PACKAGING / "test-deb.sh"]
+SCRIPTS = [PACKAGING / "build-deb.sh", PACKAGING / "test-deb.sh", PACKAGING / "lock.sh",
+           ROOT / ".ci" / "run"]
 MAINTAINER_SCRIPTS = [PACKAGING / "debian" / name for name in ("postinst", "prerm", "postrm")]
 BUILD_TIMEOUT = 900
 
@@ -76,7 +77,7 @@ def test_shell_scripts_are_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     for script in SCRIPTS + MAINTAINER_SCRIPTS:
         assert os.access(script, os.X_OK), f"{script} is not executable"
-        shell = "bash" if script.read_text().startswith("#!/bin/bash") else "sh"
+        shell = "bash" if "bash" in script.read_text().splitlines()[0] else "sh"
         if shellcheck:
             result = _run(shellcheck, "-s", shell, script)
         else:

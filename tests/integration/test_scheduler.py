@@ -45,7 +45,7 @@ async def test_a_tick_while_the_source_runs_is_skipped(make_settings, open_runti
 
 
 async def test_shutdown_of_the_schedule_leaves_running_backups_alone(make_settings, open_runtime):
-    settings = make_settings(http={"api_keys": ["k"], "backup_job": {
+    settings = make_settings(http={"api_keys": ["k-0123456789abcdef"], "backup_job": {
         "enabled": True, "cron": "0 3 * * *", "timezone": "UTC"}})
     async with open_runtime(settings) as runtime:
         schedule = Schedule(runtime)

@@ -91,6 +91,10 @@ http:
     timezone: Europe/Paris
 """
 
+#: The SPEC's example with an API key long enough to be accepted (its own ``apikey1``,
+#: 7 bytes, is refused: see test_the_spec_examples_short_api_key_is_refused).
+SPEC_EXAMPLE_LONG_KEY = SPEC_EXAMPLE.replace("[apikey1]", "[apikey1-0123456789]")
+
 ENV = {"PG_PASSWORD": "pg-secret-pw", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
        "AWS_SECRET_ACCESS_KEY": "aws-secret-value", "SMTP_PASSWORD": "smtp-secret-pw"}
 
@@ -101,15 +105,20 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-def test_the_spec_example_loads_unchanged():
-    settings = parse_settings(SPEC_EXAMPLE, env=ENV)
+def test_the_spec_example_loads_with_a_long_enough_api_key():
+    settings = parse_settings(SPEC_EXAMPLE_LONG_KEY, env=ENV)
     assert [s.label for s in settings.data_sources] == ["Main", "Local app"]
     assert settings.data_sources[0].password.get_secret_value() == "pg-secret-pw"
     assert [d.provider for d in settings.drives] == ["local", "s3", "google_drive"]
     assert settings.http.backup_job.timezone == "Europe/Paris"
     assert settings.notifiers.mail.smtp_crypto == "ssl"
     assert set(settings.secrets()) >= {"pg-secret-pw", "aws-secret-value", "smtp-secret-pw",
-                                       "xxx", "apikey1"}
+                                       "xxx", "apikey1-0123456789"}
+
+
+def test_the_spec_examples_short_api_key_is_refused():
+    assert problems(SPEC_EXAMPLE, env=ENV) == [
+        "http.api_keys[0]: an API key needs at least 16 bytes (for example: openssl rand -hex 16)"]
 
 
 def test_defaults():
@@ -152,10 +161,10 @@ http:
     assert "data_sources[1].port:" in text
     assert "data_sources[1].colour: unknown key" in text
     assert "data_sources[1].db_name: required key is missing" in text
-    assert "data_sources[2]: unknown provider" in text
+    assert "data_sources[2].provider: unknown provider" in text
     assert "drives[0].folder: required key is missing" in text
     assert "compression:" in text
-    assert "http.backup_job:" in text and "4 fields" in text
+    assert "http.backup_job.cron:" in text and "4 fields" in text
 
 
 def test_unknown_top_level_key_and_missing_sections():
@@ -170,7 +179,8 @@ def test_duplicate_labels_are_rejected():
     label: Disk
     folder: /elsewhere
 """)
-    assert any("used twice" in p for p in found)
+    assert found == ["drives[1].label: 'Disk' is used twice (also drives[0].label; labels are "
+                     "compared ignoring case and punctuation, as they name files)"]
 
 
 def test_env_expansion_with_defaults_and_missing_variables():
@@ -187,7 +197,7 @@ def test_env_expansion_with_defaults_and_missing_variables():
 
 def test_secret_files_and_credentials_directory(tmp_path: Path):
     (tmp_path / "pg").write_text("from-file-pw\n")
-    (tmp_path / "keys").write_text("key-one\n\nkey-two\n")
+    (tmp_path / "keys").write_text("key-one-0123456789\n\nkey-two-0123456789\n")
     absolute = tmp_path / "abs"
     absolute.write_text("absolute-secret")
     text = f"""
@@ -208,7 +218,8 @@ http:
     settings = parse_settings(text, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert settings.data_sources[0].password.get_secret_value() == "from-file-pw"
     assert settings.drives[0].secret_key.get_secret_value() == "absolute-secret"
-    assert [k.get_secret_value() for k in settings.http.api_keys] == ["key-one", "key-two"]
+    assert [k.get_secret_value() for k in settings.http.api_keys] == [
+        "key-one-0123456789", "key-two-0123456789"]
     found = problems(text, env={})
     assert any(p.startswith("data_sources[0].password_file: cannot read") for p in found)
 
@@ -245,11 +256,11 @@ drives:
     assert "hunter2-secret" not in text and "hunter3-secret" not in text
     assert "only-half-secret" not in text
     assert "data_sources[0].password:" in text
-    assert "access_key and secret_key go together" in text
+    assert "drives[0].secret_key: access_key and secret_key go together" in text
 
 
 def test_masked_output_hides_every_secret():
-    settings = parse_settings(SPEC_EXAMPLE, env=ENV)
+    settings = parse_settings(SPEC_EXAMPLE_LONG_KEY, env=ENV)
     dumped = repr(masked(settings))
     for secret in ENV.values():
         assert secret not in dumped
@@ -296,7 +307,7 @@ drives: []
 
 def test_check_config_prints_masked_config_and_next_runs(tmp_path: Path):
     config = tmp_path / "ok.yml"
-    config.write_text(SPEC_EXAMPLE)
+    config.write_text(SPEC_EXAMPLE_LONG_KEY)
     env_result = run_cli("check-config", config=config, env={
         **__import__("tests.helpers", fromlist=["child_env"]).child_env(**ENV)})
     assert env_result.returncode == 0, env_result.stderr
