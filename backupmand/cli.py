@@ -512,15 +512,30 @@ def _check_config(settings: Settings) -> int:
     print(yaml.safe_dump(masked(settings), sort_keys=False, allow_unicode=True), end="")
     for warning in settings.warnings():
         print(f"# warning: {warning}")
-    job = settings.http.backup_job
-    zone = resolve_timezone(job.timezone)
+    print(f"# host: {settings.host_name}")
+    print("# encryption")
+    for source in settings.data_sources:
+        encryption = settings.encryption_for(source)
+        if encryption is None:
+            print(f"#   {source.label}: not encrypted")
+            continue
+        from .encryption import fingerprint
+
+        identity = (f"identity {encryption.identity_file}" if encryption.identity_file
+                    else "no identity here (restores and drills need one)")
+        print(f"#   {source.label}: age, {identity}")
+        for recipient in encryption.all_recipients():
+            print(f"#     recipient {fingerprint(recipient)}")
     print("# schedule")
-    if not job.enabled:
-        print("#   backup_job: disabled")
-        return EX_OK
-    print(f"#   backup_job: {job.cron!r} in {zone}")
-    for moment in next_fire_times(parse_cron(job.cron, job.timezone), 3):
-        print(f"#     next: {moment.isoformat()} ({moment.tzname()})")
+    for name, job in (("backup_job", settings.http.backup_job),
+                      ("verify_job", settings.http.verify_job)):
+        if not job.enabled:
+            print(f"#   {name}: disabled")
+            continue
+        zone = resolve_timezone(job.timezone)
+        print(f"#   {name}: {job.cron!r} in {zone}")
+        for moment in next_fire_times(parse_cron(job.cron, job.timezone), 3):
+            print(f"#     next: {moment.isoformat()} ({moment.tzname()})")
     return EX_OK
 
 

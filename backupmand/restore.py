@@ -279,18 +279,18 @@ async def _drive_lookup(settings: Settings, request: Request) -> tuple[Backup, O
     assert request.drive is not None
     config = _drive_config(settings, request.drive)
     host = request.host or settings.host_name
+    wanted = request.name
+    if wanted is not None and not wanted.endswith(manifests.SUFFIX):
+        try:
+            wanted = manifests.manifest_name(wanted)
+        except ValueError:
+            raise RestoreError(f"{request.name!r} is not a backupmand file name") from None
     drive = build_drive(config, host)
     try:
         files = await drive.list_files()
         by_name = {item.name: item for item in files}
         found: list[tuple[manifests.Manifest, RemoteFile]] = []
-        if request.name is not None:
-            wanted = request.name
-            if not wanted.endswith(manifests.SUFFIX):
-                try:
-                    wanted = manifests.manifest_name(wanted)
-                except ValueError:
-                    raise RestoreError(f"{request.name!r} is not a backupmand file name") from None
+        if wanted is not None:
             if wanted not in by_name:
                 raise NotFoundError(f"drive {request.drive!r} holds no manifest {wanted} "
                                     f"(for host {host})")

@@ -80,7 +80,32 @@ class MailNotifier(Notifier):
     async def backup_finished(self, backup: Backup) -> None:
         if self.config.only_on_failure and backup.status is not Status.FAILED:
             return
-        message = self.compose(backup)
+        await self._send(self.compose(backup))
+
+    async def verify_finished(self, backup: Backup) -> None:
+        if backup.verification == "failed":
+            await self._send(self.compose(
+                backup, subject=f"[backupmand] ✘ RESTORE DRILL FAILED: {backup.label} on "
+                                f"{self.hostname}",
+                lead=f"The restore drill of a backup of {backup.label} failed: the backup did "
+                     "not restore as it was dumped."))
+
+    async def backup_suspect(self, backup: Backup) -> None:
+        await self._send(self.compose(
+            backup, subject=f"[backupmand] ⚠ SUSPECT backup: {backup.label} on {self.hostname}",
+            lead=f"A backup of {backup.label} finished much smaller than the ones before it: "
+                 f"{backup.suspect_reason}."))
+
+    async def schedule_failed(self, job: str, reason: str) -> None:
+        message = EmailMessage()
+        self._address(message, f"[backupmand] ✘ schedule failed: {job} on {self.hostname}")
+        message.set_content(redact_text(
+            f"The scheduled {job} on {self.hostname} could not start its work:\n\n"
+            f"  {reason}\n\nThe next tick tries again; the daemon's log (journalctl -u "
+            "backupmand -p err) says more.\n\n-- \nbackupmand\n"))
+        await self._send(message)
+
+    async def _send(self, message: EmailMessage) -> None:
         smtp = self._client(self.config.timeout)
         where = f"{self.config.smtp_host}:{self.port}"
         try:
@@ -123,22 +148,26 @@ class MailNotifier(Notifier):
             return f"[backupmand] ✔ finished: {backup.label} on {self.hostname}"
         return f"[backupmand] {backup.status.value}: {backup.label} on {self.hostname}"
 
-    def compose(self, backup: Backup) -> EmailMessage:
+    def compose(self, backup: Backup, *, subject: str | None = None,
+                lead: str | None = None) -> EmailMessage:
         """The report for one backup: plain text with an HTML alternative."""
         message = EmailMessage()
-        message["Subject"] = self.subject(backup)
+        self._address(message, subject or self.subject(backup))
+        message["X-Backupmand-Status"] = backup.status.value
+        message["X-Backupmand-Backup-Id"] = backup.id
+        facts = report_facts(backup, self.hostname)
+        message.set_content(_text(backup, facts, lead))
+        message.add_alternative(_html(backup, facts, lead), subtype="html")
+        return message
+
+    def _address(self, message: EmailMessage, subject: str) -> None:
+        message["Subject"] = subject
         message["From"] = self.sender
         message["To"] = ", ".join(
             email.utils.formataddr((d.name, d.email)) for d in self.config.destinations)
         message["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
         message["Message-ID"] = email.utils.make_msgid("backupmand", domain=self.hostname)
         message["Auto-Submitted"] = "auto-generated"
-        message["X-Backupmand-Status"] = backup.status.value
-        message["X-Backupmand-Backup-Id"] = backup.id
-        facts = report_facts(backup, self.hostname)
-        message.set_content(_text(backup, facts))
-        message.add_alternative(_html(backup, facts), subtype="html")
-        return message
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
@@ -210,6 +239,12 @@ def _facts(backup: Backup, hostname: str) -> list[tuple[str, str]]:
         facts.append(("Local dump", backup.dump_path))
     if backup.error:
         facts.append(("Error", backup.error))
+    if backup.verification is not None:
+        facts.append(("Restore drill", f"{backup.verification} at {rfc3339(backup.verified_at)}"))
+    if backup.verify_error:
+        facts.append(("Drill error", backup.verify_error))
+    if backup.suspect_reason:
+        facts.append(("Suspect", backup.suspect_reason))
     return facts
 
 
@@ -222,9 +257,9 @@ def _drive_line(drive_file: DriveFile) -> str:
     return redact_text(line)
 
 
-def _text(backup: Backup, facts: list[tuple[str, str]]) -> str:
+def _text(backup: Backup, facts: list[tuple[str, str]], lead: str | None = None) -> str:
     verdict = "FAILED" if backup.status is Status.FAILED else backup.status.value
-    lines = [f"Backup of {backup.label}: {verdict}.", ""]
+    lines = [redact_text(lead) if lead else f"Backup of {backup.label}: {verdict}.", ""]
     width = max(len(key) for key, _ in facts) + 1
     lines += [f"{key + ':':<{width}} {value}" for key, value in facts]
     lines += ["", "Drives:"]
@@ -238,9 +273,9 @@ def _text(backup: Backup, facts: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(backup: Backup, facts: list[tuple[str, str]]) -> str:
+def _html(backup: Backup, facts: list[tuple[str, str]], lead: str | None = None) -> str:
     e = html.escape
-    failed = backup.status is Status.FAILED
+    failed = backup.status is Status.FAILED or lead is not None
     colour = "#b00020" if failed else "#1b5e20"
     verdict = "FAILED" if failed else backup.status.value
     rows = "\n".join(
@@ -255,7 +290,8 @@ def _html(backup: Backup, facts: list[tuple[str, str]]) -> str:
     ) or "<li>(none: the dump did not reach the upload step)</li>"
     return (
         "<!DOCTYPE html>\n<html><body style=\"font-family:sans-serif\">\n"
-        f'<h2 style="color:{colour}">Backup of {e(backup.label)}: {e(verdict)}</h2>\n'
-        f"<table>\n{rows}\n</table>\n<h3>Drives</h3>\n<ul>\n{drives}\n</ul>\n"
+        + (f'<h2 style="color:{colour}">{e(redact_text(lead))}</h2>\n' if lead else
+           f'<h2 style="color:{colour}">Backup of {e(backup.label)}: {e(verdict)}</h2>\n')
+        + f"<table>\n{rows}\n</table>\n<h3>Drives</h3>\n<ul>\n{drives}\n</ul>\n"
         "<p style=\"color:#777\">backupmand</p>\n</body></html>\n"
     )

@@ -4,7 +4,9 @@ backups run, so that it can raise the alarm when they stop or fail.
 For a backup of source ``label`` the base URL is ``urls[label]``, else ``url``; a
 source with neither is not pinged. The channel requests ``base + start_suffix`` when
 a backup begins (unless ``send_start`` is false), ``base + success_suffix`` when it
-finished and ``base + fail_suffix`` when it failed. With ``method: POST`` the request
+finished and ``base + fail_suffix`` when it failed — and also when a restore drill of
+it failed, when it was flagged suspect, and (for every source) when a scheduled tick
+could not start: each is a reason to raise the alarm. With ``method: POST`` the request
 carries a short plain-text summary (healthchecks.io shows it in the check's log).
 
 Each ping has a short timeout and a few retries; a ping that still fails raises
@@ -48,19 +50,40 @@ class PingNotifier(Notifier):
         else:
             await self._ping(backup, self.config.success_suffix, "success")
 
-    async def _ping(self, backup: Backup, suffix: str, kind: str) -> None:
+    async def verify_finished(self, backup: Backup) -> None:
+        if backup.verification == "failed":
+            await self._ping(backup, self.config.fail_suffix, "verify failed",
+                             f"restore drill failed: {backup.verify_error}")
+
+    async def backup_suspect(self, backup: Backup) -> None:
+        await self._ping(backup, self.config.fail_suffix, "suspect",
+                         f"suspect backup: {backup.suspect_reason}")
+
+    async def schedule_failed(self, job: str, reason: str) -> None:
+        labels = [*self.config.urls] or ([""] if self.config.url else [])
+        for label in labels:
+            base = self.config.urls.get(label, self.config.url)
+            if base is not None:
+                await self._send(base + self.config.fail_suffix, "schedule failed", label,
+                                 f"backupmand: the scheduled {job} could not start: {reason}")
+
+    async def _ping(self, backup: Backup, suffix: str, kind: str, note: str = "") -> None:
         base = self.base_url(backup.label)
         if base is None:
             return
+        text = summary(backup) + (f"\n{redact_text(note)}" if note else "")
+        await self._send(base + suffix, kind, backup.label, text)
+
+    async def _send(self, url: str, kind: str, label: str, text: str) -> None:
         data: bytes | None = None
         headers: dict[str, str] = {}
         if self.config.method == "POST":
-            data = summary(backup).encode("utf-8")
+            data = redact_text(text)[:SUMMARY_LIMIT].encode("utf-8")
             headers["Content-Type"] = "text/plain; charset=utf-8"
         try:
-            await self.delivery.send(self.config.method, base + suffix, data=data, headers=headers)
+            await self.delivery.send(self.config.method, url, data=data, headers=headers)
         except DeliveryError as error:
-            raise NotifierError(f"ping ({kind}) for {backup.label}: {error}") from None
+            raise NotifierError(f"ping ({kind}) for {label or 'every source'}: {error}") from None
 
     async def health(self) -> None:
         bases = dict.fromkeys([*self.config.urls.values(), *filter(None, [self.config.url])])

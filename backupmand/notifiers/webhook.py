@@ -1,9 +1,18 @@
-"""Webhooks: one JSON report per backup, POSTed to every configured endpoint.
+"""Webhooks: one JSON report per event, POSTed to every configured endpoint.
 
-The body is ``{"Event": "backup_report", "Payload": <the API's backup object>}``, every
-string in it redacted. Headers:
+The body is ``{"Event": <event>, "Payload": ...}``, every string in it redacted:
 
-- ``Content-Type: application/json``, ``X-Backupmand-Event``;
+- ``backup_report``: a backup's outcome; the payload is the API's backup object;
+- ``verify_failed``: a restore drill failed (``Verification``, ``VerifyError`` in the
+  backup object);
+- ``backup_suspect``: a finished backup was flagged suspect (``SuspectReason``);
+- ``schedule_failed``: a scheduled tick could not start its work; the payload is
+  ``{"Schedule": "backup_job" | "verify_job", "Error": ..., "Host": ...}``.
+
+An endpoint with ``only_on_failure`` gets the failures only (a finished backup's report
+is not a failure; the other three events are). Headers:
+
+- ``Content-Type: application/json``, ``X-Backupmand-Event`` (the event);
 - ``webhook-id`` (one id per report, the same on every retry, so that a receiver can
   drop duplicates; also sent as ``X-Backupmand-Delivery``) and ``webhook-timestamp``
   (Unix seconds of this attempt);
@@ -38,6 +47,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from ..config import WebhookEndpoint
 from ..config import WebhookNotifier as WebhookConfig
@@ -53,11 +63,14 @@ HEALTH_TIMEOUT = 5.0
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix naming the format, not a secret
 
 
-def report_body(backup: Backup) -> bytes:
+def report_body(backup: Backup, event: str = EVENT) -> bytes:
     """The exact bytes POSTed (and signed) for a backup."""
+    return event_body(event, backup.to_api())
+
+
+def event_body(event: str, payload: Any) -> bytes:
     return json.dumps(
-        {"Event": EVENT, "Payload": redact(backup.to_api())}, ensure_ascii=False,
-        separators=(",", ":"),
+        {"Event": event, "Payload": redact(payload)}, ensure_ascii=False, separators=(",", ":"),
     ).encode("utf-8")
 
 
@@ -98,12 +111,13 @@ class WebhookNotifier(Notifier):
 
     def headers(
         self, endpoint: WebhookEndpoint, body: bytes, delivery_id: str, timestamp: int | None = None,
+        event: str = EVENT,
     ) -> dict[str, str]:
         """The headers of one attempt (``timestamp``: now), signed for that moment."""
         moment = int(time.time()) if timestamp is None else timestamp
         headers = {
             "Content-Type": "application/json",
-            "X-Backupmand-Event": EVENT,
+            "X-Backupmand-Event": event,
             "X-Backupmand-Delivery": delivery_id,
             "webhook-id": delivery_id,
             "webhook-timestamp": str(moment),
@@ -118,19 +132,35 @@ class WebhookNotifier(Notifier):
         return headers
 
     async def backup_finished(self, backup: Backup) -> None:
+        await self._post(EVENT, backup.to_api(), failure=backup.status is Status.FAILED)
+
+    async def verify_finished(self, backup: Backup) -> None:
+        if backup.verification == "failed":
+            await self._post("verify_failed", backup.to_api(), failure=True)
+
+    async def backup_suspect(self, backup: Backup) -> None:
+        await self._post("backup_suspect", backup.to_api(), failure=True)
+
+    async def schedule_failed(self, job: str, reason: str) -> None:
+        import socket
+
+        await self._post("schedule_failed", {"Schedule": job, "Error": reason,
+                                             "Host": socket.gethostname()}, failure=True)
+
+    async def _post(self, event: str, payload: Any, *, failure: bool) -> None:
         endpoints = [
             endpoint for endpoint in self.config.endpoints
-            if backup.status is Status.FAILED or not endpoint.only_on_failure
+            if failure or not endpoint.only_on_failure
         ]
         if not endpoints:
             return
-        body = report_body(backup)
+        body = event_body(event, payload)
         delivery_id = str(uuid.uuid4())
 
         def attempt_headers(endpoint: WebhookEndpoint) -> Callable[[], dict[str, str]]:
             # Signed again for every attempt: a retry carries its own timestamp, so that
             # a receiver's tolerance window (minutes) never refuses a late retry.
-            return lambda: self.headers(endpoint, body, delivery_id)
+            return lambda: self.headers(endpoint, body, delivery_id, event=event)
 
         async def deliver(endpoint: WebhookEndpoint) -> str | None:
             try:

@@ -185,7 +185,8 @@ def test_prune_cli_dry_run_then_for_real(tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     assert [line.split()[2] for line in dry.stdout.splitlines() if line.startswith("would delete")] \
         == ids[:2]
-    assert ids[2] not in dry.stdout
+    (kept,) = [line for line in dry.stdout.splitlines() if line.startswith("keep")]
+    assert ids[2] in kept and "(min_keep, count)" in kept, "the rules that keep it"
     assert sorted((tmp_path / "drive").iterdir()) == files_before
     with sqlite3.connect(catalog) as connection:
         assert connection.execute("SELECT count(*) FROM backups").fetchone()[0] == 3

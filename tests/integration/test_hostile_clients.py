@@ -220,7 +220,7 @@ def test_a_download_in_progress_is_never_closed_to_make_room(tmp_path: Path):
     with daemon(config) as server:
         _, body = server.request("POST", "/api/backups")
         backup = server.wait_backup(body["BackupIds"][0])
-        [stored] = (tmp_path / "drive").iterdir()
+        stored = Path(backup["DriveFiles"][0]["Path"])
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         connection.request("GET", f"/api/backups/{backup['Id']}/download",
                            headers={"X-Api-Key": API_KEY})

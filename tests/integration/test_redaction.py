@@ -61,7 +61,8 @@ def test_restore_redacts_its_logs_and_errors(tmp_path: Path):
     assert "restore.written" in restored.stderr
     assert secret not in restored.stderr and "copy-********.sqlite" in restored.stderr
 
-    missing = run_cli("restore", f"id-{secret}", "--to-file", str(target), config=config)
+    missing = run_cli("restore", f"id-{secret}", "--drive", "disk", "--to-file", str(target),
+                      config=config)
     assert missing.returncode == 1
     assert secret not in missing.stderr and "id-********" in missing.stderr
 

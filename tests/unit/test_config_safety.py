@@ -17,6 +17,9 @@ from backupmand.config import parse_settings
 from backupmand.errors import ConfigError
 from tests.helpers import run_cli
 
+#: The example recipient of age's README (a valid X25519 recipient).
+GOOD_RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+
 
 def document(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
@@ -244,10 +247,10 @@ def test_download_urls_valid_for_more_than_7_days_are_warned_about(tmp_path: Pat
      "drives[0].secret_key: access_key and secret_key go together"),
     ({"drives": [{"provider": "s3", "label": "x", "bucket": "abc", "secret_key": "s"}]},
      "drives[0].access_key: access_key and secret_key go together"),
-    ({"encryption": {"recipients": ["age1good", "not-a-key"]}},
+    ({"encryption": {"recipients": [GOOD_RECIPIENT, "not-a-key"]}},
      "encryption.recipients[1]: is not an age recipient"),
     ({"encryption": {}}, "encryption.recipients: encryption needs at least one recipient"),
-    ({"encryption": {"recipients": ["age1x"], "recipients_file": "/r"}},
+    ({"encryption": {"recipients": [GOOD_RECIPIENT], "recipients_file": "/r"}},
      "encryption.recipients_file: give either recipients or recipients_file, not both"),
     ({"encryption": {"recipients_file": "/nonexistent/recipients"}},
      "encryption.recipients_file: cannot read /nonexistent/recipients"),
@@ -266,7 +269,7 @@ def test_errors_name_the_key_at_fault(tmp_path: Path, overrides: dict[str, Any],
 
 def test_a_recipients_file_line_is_reported_under_its_key(tmp_path: Path):
     recipients = tmp_path / "recipients"
-    recipients.write_text("# team\nage1good\nnonsense\n")
+    recipients.write_text(f"# team\n{GOOD_RECIPIENT}\nnonsense\n")
     (problem,) = problems_of(document(tmp_path, encryption={"recipients_file": str(recipients)}))
     assert problem.startswith("encryption.recipients_file: line 2: is not an age recipient")
 
