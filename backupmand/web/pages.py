@@ -39,11 +39,21 @@ def _own_origins(request: web.Request, context: PageContext) -> list[str]:
     return [f"{request.scheme}://{request.host}", context.runtime.settings.http.app_url]
 
 
+def served_over_tls(request: web.Request) -> bool:
+    """TLS to this daemon, or to a proxy in front of it that says so. Trusting the proxy's
+    header is safe here: it can only make the cookie stricter (Secure), never looser."""
+    if request.secure:
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" or any(
+        item.get("proto", "").lower() == "https" for item in request.forwarded[:1])
+
+
 def _cookie_flags(request: web.Request) -> dict[str, Any]:
-    # Secure only over TLS: a Secure cookie sent back over plain HTTP would be dropped by
-    # the browser, and the page could never be signed in to on 127.0.0.1.
+    # Secure only over TLS: over plain HTTP (an SSH tunnel to 127.0.0.1, say) the browser
+    # would drop a Secure cookie, and nobody could sign in.
     return {"path": "/", "httponly": True, "samesite": "Strict",
-            "secure": True if request.secure else None}
+            "secure": True if served_over_tls(request) else None}
 
 
 def _html(body: str, status: int = 200) -> web.Response:

@@ -221,6 +221,18 @@ async def test_over_tls_the_cookies_are_secure(serve: Any) -> None:
     assert "Secret Orders" in (await page.request("GET", "/"))[1]
 
 
+@pytest.mark.parametrize("header", [{"X-Forwarded-Proto": "https"},
+                                    {"Forwarded": "for=192.0.2.1;proto=https"}])
+async def test_behind_a_tls_proxy_that_says_so_the_cookies_are_secure(
+        serve: Any, header: dict[str, str]) -> None:
+    page = await serve()
+    _response, _body, jar = await page.request("GET", "/", headers=header)
+    assert jar[session.LOGIN_COOKIE]["secure"]
+    plain = await serve()
+    _response, _body, jar = await plain.request("GET", "/", headers={"X-Forwarded-Proto": "http"})
+    assert not jar[session.LOGIN_COOKIE]["secure"]
+
+
 async def test_the_stylesheet_is_local_and_revalidated(serve: Any) -> None:
     page = await serve()
     response, body, _jar = await page.request("GET", "/status.css")
