@@ -356,6 +356,9 @@ def _safe_filename(name: str) -> str:
 # HTML for browsers (backupmand/web): signed in with a form and a cookie, never with the
 # X-Api-Key header, and outside /api/, so auth_middleware leaves these routes to it.
 
+#: The page's routes: for browsers, so not in the OpenAPI document (data/openapi.json).
+PAGE_ROUTES = frozenset({("get", "/"), ("post", "/login"), ("post", "/logout"),
+                         ("get", "/status.css")})
 #: Sessions ended by POST /logout in this process (web.session).
 PAGE_REVOCATIONS: web.AppKey[Revocations] = web.AppKey("page_revocations", Revocations)
 
