@@ -11,6 +11,7 @@ from backupmand.models import Backup, Status, utcnow
 from backupmand.scheduler import Schedule
 from backupmand.web.gather import gather
 from backupmand.web.view import build, strip_start
+from tests.helpers import API_KEY
 
 ZONE = "Asia/Kolkata"  # UTC+05:30: a day there is not a UTC day
 
@@ -76,3 +77,38 @@ async def test_a_backup_in_flight_is_shown_with_its_step(make_settings, open_run
     assert during.running == {"app": "uploading"} and after.running == {}
     assert build(during).sources[0].running == "uploading"
     assert (during.next_run, during.interval, during.latest) == (None, None, {})
+
+
+async def test_serving_the_page_makes_no_blocking_call_on_the_event_loop(make_settings, open_runtime):
+    """The whole of GET /: session check, catalog, health report, host time zone, HTML."""
+    import aiohttp
+    from aiohttp import web
+    from blockbuster import BlockBuster
+
+    from backupmand.api import create_app
+    from backupmand.web import session
+
+    async with open_runtime(make_settings()) as runtime:
+        [started] = await runtime.start_backups(None)
+        await runtime.wait([started.id])
+        url_key = b"v" * 32
+        key_id = session.matching_key_id(url_key, API_KEY, [API_KEY])
+        assert key_id is not None
+        cookie = f"{session.SESSION_COOKIE}={session.issue(url_key, key_id)}"
+        runner = web.AppRunner(create_app(runtime, url_key=url_key))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        blockbuster = BlockBuster()
+        try:
+            async with aiohttp.ClientSession() as client:
+                blockbuster.activate()  # any blocking call made on the loop's thread now raises
+                async with client.get(f"http://127.0.0.1:{port}/", headers={"Cookie": cookie}) as response:
+                    body = await response.text()
+                blockbuster.deactivate()
+        finally:
+            blockbuster.deactivate()
+            await runner.cleanup()
+    assert response.status == 200, body
+    assert 'data-label="app"' in body and "Log out" in body
