@@ -213,6 +213,7 @@ def test_readable_at_375_px_without_horizontal_scroll(
         page.goto(server.url + "/")
         login_widths = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
         assert login_widths[0] <= login_widths[1] == 375
+        page.screenshot(path=str(artifact("login-375.png")), full_page=True)
         sign_in(page, server)
         assert card(page, FINISHED).is_visible() and card(page, FAILED).is_visible()
         scroll_width, inner_width = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
