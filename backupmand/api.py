@@ -24,6 +24,8 @@ from .errors import (
 from .files import read_file
 from .models import Status
 from .runtime import Runtime
+from .web import pages as status_pages
+from .web.session import Revocations
 
 log = structlog.get_logger("backupmand.api")
 
@@ -364,6 +366,43 @@ def _safe_filename(name: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]', "_", name)
 
 
+# ---------------------------------------------------------------------------- the status page
+# HTML for browsers (backupmand/web): signed in with a form and a cookie, never with the
+# X-Api-Key header, and outside /api/, so auth_middleware leaves these routes to it.
+
+#: The page's routes: for browsers, so not in the OpenAPI document (data/openapi.json).
+PAGE_ROUTES = frozenset({("get", "/"), ("post", "/login"), ("post", "/logout"),
+                         ("get", "/status.css")})
+#: Sessions ended by POST /logout in this process (web.session).
+PAGE_REVOCATIONS: web.AppKey[Revocations] = web.AppKey("page_revocations", Revocations)
+
+
+def _page_context(request: web.Request) -> status_pages.PageContext:
+    app = request.app
+    return status_pages.PageContext(runtime=app[RUNTIME], schedule=app.get(SCHEDULE),
+                                    url_key=app[URL_KEY], revocations=app[PAGE_REVOCATIONS])
+
+
+@routes.get("/")
+async def status_page(request: web.Request) -> web.Response:
+    return await status_pages.show(request, _page_context(request))
+
+
+@routes.post("/login")
+async def status_page_login(request: web.Request) -> web.Response:
+    return await status_pages.login(request, _page_context(request))
+
+
+@routes.post("/logout")
+async def status_page_logout(request: web.Request) -> web.Response:
+    return await status_pages.logout(request, _page_context(request))
+
+
+@routes.get("/status.css")
+async def status_page_stylesheet(request: web.Request) -> web.Response:
+    return status_pages.stylesheet(request)
+
+
 # ---------------------------------------------------------------------------- the app
 
 
@@ -373,5 +412,6 @@ def create_app(runtime: Runtime, url_key: bytes | None = None) -> web.Applicatio
     app[RUNTIME] = runtime
     app[URL_KEY] = url_key if url_key is not None else signing.load_key(runtime.settings)
     app[HEALTH] = health.HealthCache(runtime)
+    app[PAGE_REVOCATIONS] = Revocations()
     app.add_routes(routes)
     return app

@@ -712,6 +712,15 @@ class Catalog:
             "GROUP BY drive")
         return {row[0]: from_db_time(row[1]) for row in rows if row[1]}  # type: ignore[misc]
 
+    async def outcomes_since(self, moment: dt.datetime) -> list[tuple[str, Status, bool, dt.datetime]]:
+        """(label, status, suspect, created_at) of every backup created at or after
+        ``moment``, without the rest of its record: the status page's day strips."""
+        rows = await self._db.execute_fetchall(
+            "SELECT label, status, suspect, created_at FROM backups WHERE created_at >= ?",
+            (to_db_time(moment),))
+        return [(row[0], Status(row[1]), bool(row[2]), from_db_time(row[3]))  # type: ignore[misc]
+                for row in rows]
+
     async def pending_backups(self) -> list[Backup]:
         return await self.list_backups(status=Status.PENDING)
 

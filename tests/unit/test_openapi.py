@@ -51,11 +51,12 @@ def test_every_route_of_the_spec_is_documented() -> None:
 
 
 def test_every_route_the_app_serves_is_documented() -> None:
-    from backupmand.api import routes
+    from backupmand.api import PAGE_ROUTES, routes
 
     served = {(route.method.lower(), route.path) for route in routes  # type: ignore[attr-defined]
               if route.method in {"GET", "POST", "PUT", "PATCH", "DELETE"}}
-    assert served - {("get", "/")} <= ROUTES, "every API route is in the OpenAPI document"
+    assert served - PAGE_ROUTES <= ROUTES, "every API route is in the OpenAPI document"
+    assert PAGE_ROUTES <= served, "the status page's routes are served"
 
 
 def test_routes_outside_api_need_no_key_and_api_routes_do() -> None:
