@@ -285,7 +285,8 @@ def test_the_shipped_configs_load(name: str):
     variables = {"PG_PASSWORD": "pg-password", "SHOP_DB_PASSWORD": "shop-password",
                  "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "aws-secret",
                  "SMTP_PASSWORD": "smtp-password", "WEBHOOK_TOKEN": "webhook-token",
-                 "BACKUPMAND_API_KEY": "an-api-key-0123456789"}
+                 "BACKUPMAND_API_KEY": "an-api-key-0123456789",
+                 "APPRISE_URL": "ntfy://ntfy.example.com/backups", "DRILL_PASSWORD": "drill"}
     settings = parse_settings((ROOT / name).read_text(), env=variables)
     assert settings.warnings() == []
     if name == "config/quickstart.yml":
