@@ -232,7 +232,10 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
     try:
         return await asyncio.shield(job)
     except asyncio.CancelledError:
-        await asyncio.wait({job})
+        while not job.done():
+            # Cancelled again meanwhile: still wait (the cancellation is raised below).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({job})
         if not job.cancelled():
             job.exception()  # seen: the cancellation is what the caller gets
         raise

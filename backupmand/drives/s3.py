@@ -161,6 +161,7 @@ class S3Bucket(Drive[S3Drive]):
         self.sleep = sleep
         self.location = Location.parse(config.prefix)
         self._stack: AsyncExitStack | None = None
+        self._session: Any = None
         self._clients: dict[str, Any] = {}
         self._client_lock = asyncio.Lock()
         #: Multipart uploads whose abort failed: (key, upload id), aborted again later.
@@ -218,16 +219,19 @@ class S3Bucket(Drive[S3Drive]):
                 if self._stack is None:
                     self._stack = AsyncExitStack()
                 config = self.config
-                session = aioboto3.Session(
-                    aws_access_key_id=(config.access_key.get_secret_value()
-                                       if config.access_key else None),
-                    aws_secret_access_key=(config.secret_key.get_secret_value()
-                                           if config.secret_key else None),
-                    region_name=config.region or None,
-                )
+                if self._session is None:
+                    # One session for the drive's clients: a session loads botocore's
+                    # service models once (about 13 MB), its clients share them.
+                    self._session = aioboto3.Session(
+                        aws_access_key_id=(config.access_key.get_secret_value()
+                                           if config.access_key else None),
+                        aws_secret_access_key=(config.secret_key.get_secret_value()
+                                               if config.secret_key else None),
+                        region_name=config.region or None,
+                    )
                 self._clients[kind] = await self._stack.enter_async_context(
-                    session.client("s3", endpoint_url=config.endpoint or None,
-                                   config=self._boto_config(kind)))
+                    self._session.client("s3", endpoint_url=config.endpoint or None,
+                                         config=self._boto_config(kind)))
             return self._clients[kind]
 
     async def aclose(self) -> None:
