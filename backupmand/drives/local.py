@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -354,7 +355,7 @@ class LocalFolder(Drive[LocalDrive]):
     async def download(
         self, path: str, *, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        resolved = self._resolve(path)
+        resolved = await asyncio.to_thread(self._resolve, path)
         try:
             async for block in read_file(resolved, start, end):
                 yield block
@@ -362,13 +363,14 @@ class LocalFolder(Drive[LocalDrive]):
             raise DriveError(f"{resolved} does not exist", retryable=False) from None
 
     async def size(self, path: str) -> int | None:
+        resolved = await asyncio.to_thread(self._resolve, path)
         try:
-            return (await asyncio.to_thread(self._resolve(path).stat)).st_size
+            return (await asyncio.to_thread(resolved.stat)).st_size
         except FileNotFoundError:
             return None
 
     async def delete(self, path: str) -> None:
-        resolved = self._resolve(path, own=True)
+        resolved = await asyncio.to_thread(functools.partial(self._resolve, path, own=True))
         try:
             await asyncio.to_thread(remove_quietly, resolved)
             await asyncio.to_thread(fsync_directory, resolved.parent)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from blockbuster import BlockBuster
 
 from backupmand.config import GoogleDrive, LocalDrive, S3Drive
 from backupmand.drives import Drive, build_drive
@@ -598,3 +599,32 @@ async def test_health_is_down_when_the_drive_is_unusable(harness: Harness) -> No
             pytest.fail(f"health is UP with {why}")
         finally:
             await broken.aclose()
+
+
+async def test_no_blocking_call_on_the_event_loop(
+    harness: Harness, drive: Drive[Any], tmp_path: Path
+) -> None:
+    """Streams, small objects, listings, adoption and sweeps make no blocking call on
+    the loop's thread (file reads, copies and hashes run in worker threads)."""
+    await drive.health()  # clients created (botocore reads its models from disk once)
+    await drive.list_files()
+    writer = Writer(tmp_path, 12 * MiB + 5, pause_at=6 * MiB)
+    blockbuster = BlockBuster()
+    blockbuster.activate()  # any blocking call made on the loop's thread now raises
+    try:
+        upload = asyncio.create_task(drive.upload_stream(writer.stage, "watched.sql.zst"))
+        writer.start()
+        await writer.wait_caught_up()
+        writer.go.set()
+        stored = await upload
+        await drive.upload_stream(writer.stage, "watched.sql.zst", adopt=True)
+        manifest = await drive.put_bytes(b"{}", "watched.manifest.json")
+        assert await drive.read_bytes(manifest.path) == b"{}"
+        assert {item.name for item in await drive.list_files()} == {
+            "watched.sql.zst", "watched.manifest.json"}
+        assert await drive.size(stored.path) == len(writer.data)
+        await drive.sweep(lambda name: True)
+        await drive.delete(manifest.path)
+    finally:
+        blockbuster.deactivate()
+        await writer.join()

@@ -20,7 +20,8 @@ Fault knobs: :meth:`FakeGoogleDrive.expire_access_tokens`, ``refuse_refresh``,
 ``drop_connection_at`` (cut one chunk's connection once the upload reaches an offset),
 :meth:`FakeGoogleDrive.throttle` (429 with ``Retry-After``), ``corrupt_md5``,
 ``chunk_gate`` (hold chunk requests until a test opens it), ``session_origin``
-(hand out session URIs on another origin). Files are kept in memory.
+(hand out session URIs on another origin), ``fail_updates`` (500 to metadata
+updates), ``max_page_size``. Files are kept in memory.
 
 The ``gdrive_server`` fixture starts one per test in the test's event loop.
 """
@@ -62,6 +63,8 @@ class FakeFile:
     app_properties: dict[str, str] = dataclasses.field(default_factory=dict)
     trashed: bool = False
     md5_override: str | None = None
+    #: Drive reports no sha256Checksum (files uploaded before Drive computed it).
+    no_sha256: bool = False
 
     def resource(self, fields: str | None) -> dict[str, Any]:
         full: dict[str, Any] = {
@@ -72,7 +75,8 @@ class FakeFile:
         if self.mime_type != FOLDER_MIME:
             full["size"] = str(len(self.data))
             full["md5Checksum"] = self.md5_override or hashlib.md5(self.data).hexdigest()
-            full["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
+            if not self.no_sha256:
+                full["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
         if not fields:
             return {key: full[key] for key in ("kind", "id", "name", "mimeType") if key in full}
         wanted = {part.strip() for part in fields.split(",")}
@@ -191,6 +195,8 @@ class FakeGoogleDrive:
         self.refuse_refresh = False
         self.deny_consent = False
         self.corrupt_md5 = False
+        #: Answer the next N metadata updates (PATCH) with 500.
+        self.fail_updates = 0
         self.drop_connection_at: int | None = None
         self.dropped = 0
         self.throttled: int = 0
@@ -511,6 +517,9 @@ class FakeGoogleDrive:
             "Content-Type": "application/octet-stream"})
 
     async def _update(self, request: web.Request) -> web.Response:
+        if self.fail_updates > 0:
+            self.fail_updates -= 1
+            return _error(500, "Internal Error", "backendError")
         item = self._file(request.match_info["id"])
         if item is None:
             return _error(404, f"File not found: {request.match_info['id']}.", "notFound")
