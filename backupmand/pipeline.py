@@ -301,8 +301,12 @@ async def upload_one(
             started = time.monotonic()
             try:
                 assert backup.size is not None and backup.sha256 is not None
+                # An earlier attempt (of this run, or recorded by a process that died)
+                # may have stored the file before it could say so: only then may the
+                # drive take the same bytes under the name as this upload's own.
                 stored = await drive.upload(
-                    dump_path, backup.name, size=backup.size, sha256=backup.sha256)
+                    dump_path, backup.name, size=backup.size, sha256=backup.sha256,
+                    adopt=record.attempts + attempt > 1)
             except DriveError as failure:
                 error = failure
                 retry = failure.retryable and attempt < attempts

@@ -31,11 +31,12 @@ class FlakyFolder(LocalFolder):
         self.error = error or DriveError("injected: connection reset by peer")
         self.calls = 0
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> StoredFile:
+    async def upload(self, source: Path, name: str, *, size: int, sha256: str,
+                     adopt: bool = False) -> StoredFile:
         self.calls += 1
         if self.calls <= self.failures:
             raise self.error
-        return await super().upload(source, name, size=size, sha256=sha256)
+        return await super().upload(source, name, size=size, sha256=sha256, adopt=adopt)
 
 
 class BrokenFolder(FlakyFolder):
