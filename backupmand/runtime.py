@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .config import Settings
 from .drives import build_drive
 from .drives.base import Drive
-from .errors import ConflictError, InvalidInputError, NotFoundError
+from .errors import ConflictError, DriveError, InvalidInputError, NotFoundError
 from .files import remove_quietly
 from .locks import FileLock, Locks, slug
 from .models import Backup, Status
@@ -46,6 +46,8 @@ from .sources import build_source
 log = structlog.get_logger("backupmand.runtime")
 
 RECOVERED = "interrupted: the process running this backup stopped before it ended"
+#: Seconds each drive's sweep may take at start (S3 lists its unfinished uploads).
+SWEEP_TIMEOUT = 10.0
 
 
 def _remove_existing(paths: list[Path]) -> None:
@@ -181,6 +183,7 @@ class Runtime:
                 free.append((label, lock))
         try:
             await asyncio.to_thread(self._sweep, [label for label, _ in free])
+            await self._sweep_drives([label for label, _ in free])
         finally:
             for _, lock in free:
                 lock.release()
@@ -200,16 +203,30 @@ class Runtime:
                 elif entry.name.startswith(".") and entry.name.endswith(".work") and entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                     log.info("recovery.removed", path=str(entry))
-        from .drives.local import TEMP_PREFIX, LocalFolder
 
-        for drive in self.services.drives.values():
-            if not isinstance(drive, LocalFolder) or not drive.folder.is_dir():
-                continue
-            for entry in drive.folder.glob(f"{TEMP_PREFIX}*"):
-                name = entry.name[len(TEMP_PREFIX) + 33:]
-                if any(p.match(name) for p in patterns):
-                    remove_quietly(entry)
-                    log.info("recovery.removed", path=str(entry))
+    async def _sweep_drives(self, labels: list[str]) -> None:
+        """What uploads of dead processes left on the drives (temporary files, unfinished
+        multipart uploads) for the sources whose locks this process holds; best effort,
+        each drive within SWEEP_TIMEOUT seconds."""
+        if not labels:
+            return
+        patterns = [name_pattern(label) for label in labels]
+
+        def is_stale(name: str) -> bool:
+            return any(pattern.match(name) for pattern in patterns)
+
+        async def sweep(drive: Drive[Any]) -> None:
+            try:
+                async with asyncio.timeout(SWEEP_TIMEOUT):
+                    removed = await drive.sweep(is_stale)
+            except (DriveError, OSError, TimeoutError) as error:
+                log.warning("recovery.sweep_failed", drive=drive.label,
+                            error=str(error) or type(error).__name__)
+                return
+            for leftover in removed:
+                log.info("recovery.removed", drive=drive.label, path=leftover)
+
+        await asyncio.gather(*(sweep(drive) for drive in self.services.drives.values()))
 
     # ------------------------------------------------------------------ starting backups
 

@@ -531,3 +531,20 @@ async def test_parts_cut_by_the_link_are_sent_again(
             assert await stream_sha256(drive, stored.path) == (source.size, sha256)
         finally:
             await drive.aclose()
+
+
+async def test_recovery_aborts_the_multipart_uploads_of_a_killed_process(
+    s3_server: S3Server, s3_bucket: str, make_settings: Any, open_runtime: Any
+) -> None:
+    """kill -9 mid-upload leaves an unfinished multipart upload, which nothing could
+    abort: the next start sweeps it (for the sources it is free to run), and only it."""
+    client = s3_server.client()
+    for key in ("backups/app-20250702100000-b4c3f1a0.sqlite.zst",  # the source "app"
+                "backups/other-20250702100000-b4c3f1a0.sqlite.zst"):  # nobody's here
+        await asyncio.to_thread(client.create_multipart_upload, Bucket=s3_bucket, Key=key)
+    drive = {"provider": "s3", "label": "S3", "bucket": s3_bucket, "prefix": "backups",
+             "endpoint": s3_server.endpoint, "access_key": s3_server.access_key,
+             "secret_key": s3_server.secret_key, "force_path_style": True}
+    async with open_runtime(make_settings(drives=[drive])):
+        left = await asyncio.to_thread(s3_server.multipart_uploads, s3_bucket)
+    assert [item["Key"] for item in left] == ["backups/other-20250702100000-b4c3f1a0.sqlite.zst"]
