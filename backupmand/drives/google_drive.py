@@ -404,7 +404,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         where = f"Google Drive {self.config.folder.strip('/')}/{name}"
         folder = await self.folder_id()
         existing = await self._files_named(folder, name, folders_only=False,
-                                           fields=f"files({FILE_FIELDS},appProperties)")
+                                           fields=f"files({FILE_FIELDS},mimeType,appProperties)")
         if existing:
             return await self._existing(existing, source, where, adopt)
         known = source.total is not None  # complete already: its SHA-256 goes in at the start

@@ -98,7 +98,9 @@ from .s3_errors import (
 )
 from .s3_parts import (
     MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
     MAX_PARTS,
+    MIN_PART_SIZE,
     PARTS_PER_STEP,
     PartBody,
     PartDigests,
@@ -325,12 +327,13 @@ class S3Bucket(Drive[S3Drive]):
                 first = int(metadata[PART_SIZE_METADATA])
                 per_step = int(metadata.get(PARTS_PER_STEP_METADATA) or PARTS_PER_STEP)
             except ValueError:
-                pass
-            else:
+                first = per_step = 0
+            # Anybody can write metadata: a layout no upload of ours makes is not computed.
+            if MIN_PART_SIZE <= first <= MAX_PART_SIZE and 1 <= per_step <= MAX_PARTS:
                 # The stage file, read again in the object's part layout: its SHA-256 must
                 # be the expected one, and its composite checksum the object's.
-                whole, composite = await in_thread(composite_sha256, descriptor, size, first,
-                                                   per_step, source.path)
+                whole, composite = await composite_sha256(descriptor, size, first, per_step,
+                                                          source.path)
                 if (whole, composite) == (sha256, reported):
                     return StoredFile(path=key, size=size)
                 raise already_exists(where)

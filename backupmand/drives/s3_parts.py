@@ -27,7 +27,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..growing import BLOCK_SIZE, GrowingFile, read_exactly
+from ..growing import BLOCK_SIZE, GrowingFile, in_thread, read_exactly
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB
@@ -86,19 +86,19 @@ class PartDigests:
         return sha256.digest(), md5.digest() if md5 is not None else None
 
 
-def composite_sha256(
+async def composite_sha256(
     descriptor: int, size: int, first: int, per_step: int, path: Any
 ) -> tuple[str, str]:
     """The file's SHA-256 (hex), and the composite checksum S3 reports for a multipart
-    object of this layout: base64 of the SHA-256 of the parts' SHA-256 digests
-    (blocking)."""
+    object of this layout: base64 of the SHA-256 of the parts' SHA-256 digests. One
+    worker-thread job per part, so that a cancellation waits for one part at most."""
     digests = PartDigests(md5=False)
     part_digests = []
     number = 1
     while True:
         start, end = part_bounds(number, first, per_step)
         end = min(end, size)
-        part_digests.append(digests.hash_part(descriptor, start, end, path)[0])
+        part_digests.append((await in_thread(digests.hash_part, descriptor, start, end, path))[0])
         if end >= size:
             break
         number += 1
