@@ -187,11 +187,12 @@ class GatedFolder(LocalFolder):
         self.started = started
         self.partner = partner
 
-    async def upload(self, source: Path, name: str, *, size: int, sha256: str) -> Any:
+    async def upload(self, source: Path, name: str, *, size: int, sha256: str,
+                     adopt: bool = False) -> Any:
         self.started.set()
         # Only an upload running at the same time as the partner's can get past this.
         await asyncio.wait_for(self.partner.wait(), 10)
-        return await super().upload(source, name, size=size, sha256=sha256)
+        return await super().upload(source, name, size=size, sha256=sha256, adopt=adopt)
 
 
 async def test_uploads_to_every_drive_overlap_and_are_identical(tmp_path, make_settings, open_runtime):
