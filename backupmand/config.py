@@ -285,9 +285,28 @@ class DriveBase(Model):
         return _label_ok(value)
 
 
+def _host_segment_ok(value: str) -> str:
+    """``{host}`` in a drive's folder or prefix stands for one whole path segment, once:
+    the drives list and match locations segment by segment."""
+    if "{host}" not in value:
+        return value
+    if value.count("{host}") > 1:
+        raise ValueError("may contain {host} only once")
+    if "{host}" not in value.split("/"):
+        raise ValueError("{host} must be a whole path segment (such as backups/{host}/nightly), "
+                         f"not part of one: {value!r}")
+    return value
+
+
 class LocalDrive(DriveBase):
     provider: Literal["local"]
     folder: Path
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: Path) -> Path:
+        _host_segment_ok(str(value))
+        return value
 
 
 class S3Drive(DriveBase):
@@ -311,6 +330,11 @@ class S3Drive(DriveBase):
     #: 10,000 parts.
     part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
 
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _host_segment_ok(value)
+
     @model_validator(mode="after")
     def _keys_together(self) -> S3Drive:
         if (self.access_key is None) != (self.secret_key is None):
@@ -328,6 +352,11 @@ class GoogleDrive(DriveBase):
     api_url: str = "https://www.googleapis.com/"
     token_uri: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     chunk_size: int = Field(default=8 * 1024 * 1024, ge=256 * 1024)
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        return _host_segment_ok(value)
 
     @field_validator("chunk_size")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import GoogleDrive, LocalDrive, S3Drive
-from .base import Drive, StoredFile
+from .base import Drive, RemoteFile, StoredFile
 
 
 def build_drive(config: LocalDrive | S3Drive | GoogleDrive, host: str = "localhost") -> Drive[Any]:
@@ -25,4 +25,4 @@ def build_drive(config: LocalDrive | S3Drive | GoogleDrive, host: str = "localho
     raise TypeError(f"unknown drive config {type(config).__name__}")
 
 
-__all__ = ["Drive", "StoredFile", "build_drive"]
+__all__ = ["Drive", "RemoteFile", "StoredFile", "build_drive"]

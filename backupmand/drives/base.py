@@ -4,22 +4,25 @@ Local is the reference implementation; S3 and Google Drive keep the same promise
 and one contract test suite (tests/integration/test_drive_contract.py) runs against
 each of them:
 
-- ``upload`` stores a local file under a new name, never overwriting anything, and
-  returns only once the stored object has been verified (size, and the checksum
-  where the provider reports one). A failed or interrupted upload leaves nothing
-  behind (no temporary file, no dangling multipart upload).
-- ``upload_stream`` does the same from a stream whose size and SHA-256 are known only
-  when it ends (``expected()``, callable once the stream is exhausted): the copy is
-  committed (linked, completed, finalised) only when what arrived matches them.
+- ``upload_stream`` stores a :class:`~backupmand.growing.GrowingFile` under a new name
+  while the file is still being written, reading it back from the stage file as it
+  grows. The copy is committed (linked, completed, finalised) only once the whole file
+  has arrived and what the drive read matches ``expected()`` (size and SHA-256), and
+  only after the stored object has been verified (size, and the checksum where the
+  provider reports one). A writer that fails, a mismatch, an error or a cancellation
+  leaves nothing behind (no temporary file, no unfinished multipart upload, no open
+  session). Nothing is ever overwritten.
+- ``upload`` does the same from a local file that is already whole.
 - ``adopt=True`` (the catalog says an earlier attempt of this very upload may have
   landed before its process died): an object already under ``name`` with the same
   size and SHA-256 is this upload's own and counts as stored. Without it, an existing
   object is always an error ("already exists: not overwritten").
+- ``put_bytes`` stores a small object (a manifest) the same way, in one request.
 - ``download`` streams a stored file (or a byte range of it) without holding it in
   memory; ``read_bytes`` reads a small one (a manifest) whole, up to a limit.
 - ``list_files`` finds the files under the drive's location (for ``catalog rebuild`` and
   ``fleet list``); with ``all_hosts`` under every host's location when the location
-  has a ``{host}`` part.
+  has a ``{host}`` segment.
 - ``delete`` removes a stored file; deleting one that is already gone succeeds.
 - ``health`` is cheap and has no side effects: it never uploads.
 - ``sweep`` removes what uploads of dead processes left behind (temporary files,
@@ -29,11 +32,10 @@ each of them:
 from __future__ import annotations
 
 import abc
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from ..config import DriveBase
 from ..errors import DriveError
@@ -66,12 +68,15 @@ class RemoteFile:
     host: str | None = None
 
 
-async def open_for_upload(source: Path) -> BinaryIO:
-    """The local dump opened for reading, off the event loop; DriveError if it cannot be."""
-    try:
-        return await asyncio.to_thread(open, source, "rb")
-    except OSError as error:
-        raise DriveError(f"cannot read {source}: {error.strerror or error}") from None
+def check_name(name: str) -> None:
+    """A stored file's name is one path segment, not hidden (the local drive's temporary
+    files are): DriveError (not retryable) otherwise."""
+    if not name or "/" in name or "\0" in name or name.startswith("."):
+        raise DriveError(f"invalid file name {name!r}", retryable=False)
+
+
+def already_exists(where: str) -> DriveError:
+    return DriveError(f"{where} already exists: not overwritten", retryable=False)
 
 
 class Drive(abc.ABC, Generic[ConfigT]):
@@ -88,39 +93,25 @@ class Drive(abc.ABC, Generic[ConfigT]):
     def secrets(self) -> tuple[str, ...]:
         return ()
 
-    @abc.abstractmethod
     async def upload(
         self, source: Path, name: str, *, size: int, sha256: str, adopt: bool = False
     ) -> StoredFile:
-        """Store ``source`` as ``name``; verify it; raise DriveError (or VerificationError)."""
+        """Store the whole local file ``source`` as ``name``; verify it; raise DriveError
+        (or VerificationError when the file does not hold ``size`` bytes with ``sha256``)."""
+        return await self.upload_stream(GrowingFile.complete_file(source, size, sha256), name,
+                                        adopt=adopt)
 
+    @abc.abstractmethod
     async def upload_stream(
-        self, source: GrowingFile, name: str, *, adopt: bool = False,
+        self, source: GrowingFile, name: str, *, adopt: bool = False
     ) -> StoredFile:
-        """Store the stage file ``source`` as ``name`` while it grows; once it is complete,
-        ``source.expected()`` gives its (size, SHA-256): commit the copy only if it
-        matches; raise DriveError otherwise. (Default: wait for the end, then upload.)"""
-        offset = 0
-        while not source.complete:
-            offset = await source.available(offset)
-        size, sha256 = source.expected()
-        return await self.upload(source.path, name, size=size, sha256=sha256, adopt=adopt)
+        """Store ``source`` as ``name`` while it grows; commit the copy only once it is
+        complete and what was read matches ``source.expected()``; raise DriveError
+        (VerificationError on a mismatch, WriterFailedError when the writer failed)."""
 
+    @abc.abstractmethod
     async def put_bytes(self, data: bytes, name: str, *, adopt: bool = False) -> StoredFile:
         """Store a small object (a manifest) as ``name``, verified like any upload."""
-        import hashlib
-        import tempfile
-
-        digest = hashlib.sha256(data).hexdigest()
-        folder = await asyncio.to_thread(tempfile.mkdtemp, prefix="backupmand-put-")
-        path = Path(folder) / name
-        try:
-            await asyncio.to_thread(path.write_bytes, data)
-            return await self.upload(path, name, size=len(data), sha256=digest, adopt=adopt)
-        finally:
-            import shutil
-
-            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     @abc.abstractmethod
     def download(
@@ -131,15 +122,19 @@ class Drive(abc.ABC, Generic[ConfigT]):
     async def read_bytes(self, path: str, *, limit: int = SMALL_LIMIT) -> bytes:
         """A small stored file, whole; DriveError when it is larger than ``limit``."""
         data = bytearray()
-        async for block in self.download(path):
-            data += block
-            if len(data) > limit:
-                raise DriveError(f"{path} is larger than {limit} bytes", retryable=False)
+        blocks = self.download(path)
+        try:
+            async for block in blocks:
+                data += block
+                if len(data) > limit:
+                    raise DriveError(f"{path} is larger than {limit} bytes", retryable=False)
+        finally:
+            await blocks.aclose()  # type: ignore[attr-defined]
         return bytes(data)
 
+    @abc.abstractmethod
     async def list_files(self, *, all_hosts: bool = False) -> list[RemoteFile]:
         """The files under this host's location (every host's with ``all_hosts``)."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     async def size(self, path: str) -> int | None:

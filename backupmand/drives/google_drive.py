@@ -48,16 +48,15 @@ import asyncio
 import contextlib
 import copy
 import functools
-import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib import resources
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import structlog
@@ -66,13 +65,18 @@ from yarl import URL
 
 from ..config import GoogleDrive
 from ..errors import DriveError, HealthError, VerificationError
-from .base import Drive, StoredFile, open_for_upload
+from ..growing import GrowingFile, in_thread
+from .base import Drive, RemoteFile, StoredFile, already_exists, check_name
 from .google_auth import GoogleCredentials
+from .google_upload import ChunkSource, committed
+from .locations import Location, is_host_segment
 
 log = structlog.get_logger("backupmand.drives.google")
 
 FOLDER_MIME = "application/vnd.google-apps.folder"
 DOWNLOAD_BLOCK = 1024 * 1024
+#: files.list page size (Drive's largest).
+LIST_PAGE_SIZE = 1000
 FILE_FIELDS = "id,name,size,md5Checksum,sha256Checksum,trashed"
 _FILE_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
@@ -305,7 +309,8 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         return DriveError(f"{doing} failed: {detail}", retryable=status in (408, 409, 423))
 
     async def _files_named(
-        self, parent: str, name: str, *, folders_only: bool
+        self, parent: str, name: str, *, folders_only: bool,
+        fields: str = "files(id,name,mimeType)",
     ) -> list[dict[str, Any]]:
         clauses = [f"name = {quote_query(name)}", f"{quote_query(parent)} in parents",
                    "trashed = false"]
@@ -313,7 +318,7 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
             clauses.append(f"mimeType = {quote_query(FOLDER_MIME)}")
         api = await self._drive_api()
         request = api.files.list(
-            q=" and ".join(clauses), fields="files(id,name,mimeType)", orderBy="createdTime",
+            q=" and ".join(clauses), fields=fields, orderBy="createdTime",
             pageSize=100, spaces="drive", supportsAllDrives="true",
             includeItemsFromAllDrives="true")
         response = await self._call(request, f"looking for {name!r} in Google Drive")
@@ -375,56 +380,118 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
 
     # ------------------------------------------------------------------ upload
 
-    async def upload(
-        self, source: Path, name: str, *, size: int, sha256: str, adopt: bool = False
+    async def upload_stream(
+        self, source: GrowingFile, name: str, *, adopt: bool = False
     ) -> StoredFile:
-        if not name or "/" in name or name in (".", ".."):
-            raise DriveError(f"invalid file name {name!r}", retryable=False)
+        check_name(name)
+        try:
+            descriptor = await in_thread(source.open_reader)
+        except OSError as error:
+            raise DriveError(f"cannot read {source.path}: {error.strerror or error}",
+                             retryable=False) from None
+        try:
+            return await self._upload(ChunkSource(source, descriptor), name, adopt)
+        finally:
+            await self._shielded(in_thread(os.close, descriptor))
+
+    async def put_bytes(self, data: bytes, name: str, *, adopt: bool = False) -> StoredFile:
+        check_name(name)
+        return await self._upload(ChunkSource(data=data), name, adopt)
+
+    async def _upload(self, source: ChunkSource, name: str, adopt: bool) -> StoredFile:
+        """One resumable session: started once the name is free, fed chunk by chunk as the
+        file grows, verified, and given the SHA-256 in ``appProperties``."""
         where = f"Google Drive {self.config.folder.strip('/')}/{name}"
         folder = await self.folder_id()
-        if await self._files_named(folder, name, folders_only=False):
-            raise DriveError(f"{where} already exists: not overwritten", retryable=False)
-        handle = await open_for_upload(source)
+        existing = await self._files_named(folder, name, folders_only=False,
+                                           fields=f"files({FILE_FIELDS},mimeType,appProperties)")
+        if existing:
+            return await self._existing(existing, source, where, adopt)
+        known = source.total is not None  # complete already: its SHA-256 goes in at the start
+        session_uri = await self._start_session(
+            name, folder, source.expected() if known else None, where)
         try:
-            session_uri = await self._start_session(name, folder, size, sha256, where)
-            try:
-                resource, md5 = await self._send_chunks(session_uri, handle, size, sha256, where)
-            except BaseException:
-                await self._shielded(self._abandon(session_uri, size))
-                raise
-        finally:
-            await asyncio.to_thread(handle.close)
+            resource = await self._send_chunks(session_uri, source, where)
+        except BaseException:
+            await self._shielded(self._abandon(session_uri, source.total))
+            raise
         file_id = str(resource.get("id") or "")
         if not _FILE_ID.match(file_id):
             raise DriveError(f"uploading {where}: Google Drive answered without a file id")
+        size, sha256 = source.expected()
         try:
             problems = []
             stored_size = resource.get("size")
             if stored_size is None or int(stored_size) != size:
                 problems.append(f"holds {stored_size} bytes, expected {size}")
+            md5 = source.md5.hexdigest()
             if resource.get("md5Checksum") != md5:
                 problems.append(f"reports MD5 {resource.get('md5Checksum')}, expected {md5}")
             if resource.get("sha256Checksum") and resource["sha256Checksum"] != sha256:
                 problems.append(f"reports SHA-256 {resource['sha256Checksum']}, expected {sha256}")
             if problems:
-                await self._delete_quietly(file_id)
                 raise VerificationError(f"{where} " + "; ".join(problems))
-        except asyncio.CancelledError:
+            if not known:
+                await self._set_sha256(file_id, sha256, where)
+        except BaseException:
             await self._shielded(self._delete_quietly(file_id))
             raise
         return StoredFile(path=file_id, size=size)
 
+    async def _existing(
+        self, existing: list[dict[str, Any]], source: ChunkSource, where: str, adopt: bool
+    ) -> StoredFile:
+        """Files named so are already in the folder: one is this upload's own only with
+        ``adopt`` and the same size and SHA-256 (``appProperties`` or Drive's
+        ``sha256Checksum``; for a file with neither, its MD5 against the stage file's)."""
+        if not adopt:
+            raise already_exists(where)
+        if source.source is not None:
+            await source.source.completed()
+        size, sha256 = source.expected()
+        md5: str | None = None
+        for item in existing:
+            if item.get("mimeType") == FOLDER_MIME or str(item.get("size")) != str(size):
+                continue
+            recorded = [value for value in (
+                (item.get("appProperties") or {}).get("sha256"), item.get("sha256Checksum"))
+                if value]
+            if recorded:
+                if all(value == sha256 for value in recorded):
+                    return StoredFile(path=str(item["id"]), size=size)
+                continue
+            if md5 is None:
+                while source.hashed < size:  # hashes the whole stage file once
+                    await source.read(source.hashed, min(DOWNLOAD_BLOCK, size - source.hashed))
+                source.check_complete()
+                md5 = source.md5.hexdigest()
+            if item.get("md5Checksum") == md5:
+                return StoredFile(path=str(item["id"]), size=size)
+        raise already_exists(where)
+
+    async def _set_sha256(self, file_id: str, sha256: str, where: str) -> None:
+        api = await self._drive_api()
+        request = api.files.update(fileId=file_id, json={"appProperties": {"sha256": sha256}},
+                                   fields="id,appProperties", supportsAllDrives="true")
+        response = await self._call(request, f"recording the SHA-256 of {where}")
+        answer = await self._json(response)
+        properties = answer.get("appProperties") if isinstance(answer, dict) else None
+        if not isinstance(properties, dict) or properties.get("sha256") != sha256:
+            raise DriveError(f"recording the SHA-256 of {where}: Google Drive did not keep it")
+
     async def _start_session(
-        self, name: str, folder: str, size: int, sha256: str, where: str
+        self, name: str, folder: str, expected: tuple[int, str] | None, where: str
     ) -> str:
         url = (f"{self.api_url}upload/drive/v3/files?uploadType=resumable"
                f"&supportsAllDrives=true&fields={FILE_FIELDS.replace(',', '%2C')}")
-        request = _Request("POST", url, json={
-            "name": name, "parents": [folder], "appProperties": {"sha256": sha256}})
-        response = await self._call(request, f"starting the upload of {where}", headers={
-            "X-Upload-Content-Type": "application/octet-stream",
-            "X-Upload-Content-Length": str(size),
-        }, allow=(404,))
+        metadata: dict[str, Any] = {"name": name, "parents": [folder]}
+        headers = {"X-Upload-Content-Type": "application/octet-stream"}
+        if expected is not None:
+            metadata["appProperties"] = {"sha256": expected[1]}
+            headers["X-Upload-Content-Length"] = str(expected[0])
+        request = _Request("POST", url, json=metadata)
+        response = await self._call(request, f"starting the upload of {where}", headers=headers,
+                                    allow=(404,))
         if response.status == 404:
             # The folder was deleted (or trashed) since it was looked up: look it up
             # (or create it) again at the next attempt.
@@ -436,30 +503,33 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         return location
 
     async def _send_chunks(
-        self, session_uri: str, handle: IO[bytes], size: int, sha256: str, where: str
-    ) -> tuple[dict[str, Any], str]:
-        source = _Source(handle)
+        self, session_uri: str, source: ChunkSource, where: str
+    ) -> dict[str, Any]:
+        """Feed the session ``chunk_size`` bytes at a time, each once it is in the file (and
+        one byte more, or the end: a chunk sent without the total is never the last);
+        after a dropped connection ask Drive what it holds and go on from there."""
         offset: int | None = 0  # None: ask Drive what it holds
-        committed = 0
+        held = 0
         failures = 0
         chunk_size = self.config.chunk_size
         doing = f"uploading {where}"
         while True:
             try:
                 if offset is None:
-                    response = await self._send(
-                        "PUT", session_uri, data=b"", headers={"Content-Range": f"bytes */{size}"})
+                    total = source.total
+                    response = await self._send("PUT", session_uri, data=b"", headers={
+                        "Content-Range": f"bytes */{'*' if total is None else total}"})
                 else:
-                    length = min(chunk_size, size - offset)
-                    data = await asyncio.to_thread(source.read_at, offset, length)
-                    if len(data) != length:
-                        raise VerificationError(
-                            f"{handle.name} changed: it ends at {offset + len(data)} bytes, "
-                            f"expected {size}", retryable=False)
-                    if offset + length == size:
-                        await self._check_complete(source, size, sha256)
-                    content_range = (f"bytes {offset}-{offset + length - 1}/{size}" if length
-                                     else f"bytes */{size}")
+                    end = offset + chunk_size
+                    await source.available(end)
+                    total = source.total
+                    if total is not None:
+                        end = min(end, total)
+                    data = await source.read(offset, end - offset)
+                    if end == total:
+                        source.check_complete()
+                    content_range = (f"bytes {offset}-{end - 1}/{'*' if total is None else total}"
+                                     if end > offset else f"bytes */{total}")
                     response = await self._send(
                         "PUT", session_uri, data=data, headers={"Content-Range": content_range})
                     del data
@@ -477,17 +547,18 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                 answer = await self._json(response)
                 if not isinstance(answer, dict):
                     raise DriveError(f"{doing}: the final answer is not a file resource")
-                return answer, source.md5.hexdigest()
+                if source.total is None or source.hashed != source.total:
+                    raise DriveError(f"{doing}: Drive finished the file before it was whole")
+                return answer
             if status == 308:
-                held = _committed(response.headers.get("Range"))
-                if held > source.hashed:
+                now_held = committed(response.headers.get("Range"))
+                if now_held > source.hashed:
                     raise DriveError(
-                        f"{doing}: Drive claims {held} bytes, {source.hashed} were sent")
-                if held > committed:
+                        f"{doing}: Drive claims {now_held} bytes, {source.hashed} were sent")
+                if now_held > held:
                     failures = 0  # progress
-                committed = held
-                offset = held
-                if held == size:
+                held = offset = now_held
+                if held == source.total:
                     # Everything is there, but the upload was not finalised: ask again.
                     offset = None
                     failures += 1
@@ -498,26 +569,14 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
                 raise DriveError(f"{doing} failed: the upload session expired (HTTP {status})")
             raise await self._failure(response, doing)
 
-    @staticmethod
-    async def _check_complete(source: _Source, size: int, sha256: str) -> None:
-        extra = await asyncio.to_thread(source.read_more)
-        digest = source.sha256
-        if extra or digest.hexdigest() != sha256:
-            raise VerificationError(
-                f"{source.handle.name} changed: expected {size} bytes with SHA-256 "
-                f"{sha256[:12]}…, "
-                f"read {'more' if extra else size} bytes"
-                + ("" if extra else f" with {digest.hexdigest()[:12]}…"),
-                retryable=False)
-
-    async def _abandon(self, session_uri: str, size: int) -> None:
+    async def _abandon(self, session_uri: str, total: int | None) -> None:
         """Clean up after a failed or cancelled upload (best effort): if Drive finished
         the file after all (the last chunk arrived, its answer did not), delete it;
         otherwise cancel the session."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(10):
-                response = await self._send(
-                    "PUT", session_uri, data=b"", headers={"Content-Range": f"bytes */{size}"})
+                response = await self._send("PUT", session_uri, data=b"", headers={
+                    "Content-Range": f"bytes */{'*' if total is None else total}"})
                 if response.status in (200, 201):
                     answer = await self._json(response)
                     file_id = str(answer.get("id") or "") if isinstance(answer, dict) else ""
@@ -530,6 +589,68 @@ class GoogleDriveFolder(Drive[GoogleDrive]):
         with contextlib.suppress(Exception):
             async with asyncio.timeout(10):
                 await self.delete(file_id)
+
+    # ------------------------------------------------------------------ listing
+
+    async def list_files(self, *, all_hosts: bool = False) -> list[RemoteFile]:
+        """files.list in the folder, 1,000 a page; with ``all_hosts`` in every host's folder
+        (each folder found under the part of the path before ``{host}``)."""
+        location = Location.parse(self.config.folder)
+        if not (all_hosts and location.has_host):
+            folder = self._folder_id or await self._find_folder(self.folder_parts)
+            if folder is None:
+                return []
+            host = self.host if location.has_host else None
+            return [RemoteFile(name=name, path=file_id, size=size, host=host)
+                    for file_id, name, size in await self._children(folder, folders=False)]
+        found: list[RemoteFile] = []
+        base = await self._find_folder(list(location.before))
+        if base is None:
+            return []
+        for host_folder, host, _ in await self._children(base, folders=True):
+            if not is_host_segment(host):
+                continue
+            folder = await self._find_folder(list(location.after), parent=host_folder)
+            if folder is not None:
+                found += [RemoteFile(name=name, path=file_id, size=size, host=host)
+                          for file_id, name, size in await self._children(folder, folders=False)]
+        return found
+
+    async def _find_folder(self, parts: list[str], parent: str = "root") -> str | None:
+        """The id of the folder at ``parts`` under ``parent`` (the oldest of each name),
+        without creating anything; None when a level is missing."""
+        for part in parts:
+            found = await self._files_named(parent, part, folders_only=True)
+            if not found:
+                return None
+            parent = str(found[0]["id"])
+        return parent
+
+    async def _children(self, parent: str, *, folders: bool) -> list[tuple[str, str, int | None]]:
+        """(id, name, size) of the folders or the files in ``parent``, every page."""
+        clauses = [f"{quote_query(parent)} in parents", "trashed = false",
+                   f"mimeType {'=' if folders else '!='} {quote_query(FOLDER_MIME)}"]
+        api = await self._drive_api()
+        found: list[tuple[str, str, int | None]] = []
+        token: str | None = None
+        while True:
+            options = {"pageToken": token} if token else {}
+            request = api.files.list(
+                q=" and ".join(clauses), fields="nextPageToken,files(id,name,size)",
+                pageSize=LIST_PAGE_SIZE, spaces="drive", supportsAllDrives="true",
+                includeItemsFromAllDrives="true", **options)
+            response = await self._call(request, "listing a Google Drive folder")
+            answer = await self._json(response)
+            if not isinstance(answer, dict):
+                raise DriveError("listing a Google Drive folder: the answer is not a file list")
+            for item in answer.get("files") or ():
+                if isinstance(item, dict) and _FILE_ID.match(str(item.get("id") or "")):
+                    size = item.get("size")
+                    found.append((str(item["id"]), str(item.get("name") or ""),
+                                  int(size) if size is not None else None))
+            token = answer.get("nextPageToken")
+            if not token:
+                return found
 
     # ------------------------------------------------------------------ the rest
 
@@ -615,46 +736,3 @@ class _Request:
         self.method = method
         self.url = url
         self.json = json
-
-
-class _Source:
-    """The file being uploaded, read (in a thread) sequentially and hashed on the way;
-    it seeks only to resume from an earlier offset (so a pipe works too, as long as
-    nothing is resent), and bytes read again are not hashed again."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
-        self.position = 0
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.sha256 = hashlib.sha256()
-        self.hashed = 0  # bytes fed to the digests
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset != self.position:
-            self.handle.seek(offset)
-            self.position = offset
-        data = self.handle.read(length)
-        self.position += len(data)
-        end = offset + len(data)
-        if end > self.hashed:
-            fresh = memoryview(data)[self.hashed - offset:]
-            self.md5.update(fresh)
-            self.sha256.update(fresh)
-            self.hashed = end
-        return data
-
-    def read_more(self) -> bool:
-        """Whether the file holds more bytes than read so far."""
-        extra = self.handle.read(1)
-        self.position += len(extra)
-        return bool(extra)
-
-
-def _committed(header: str | None) -> int:
-    """Bytes Drive holds, from a 308 answer's ``Range: bytes=0-N`` (none: 0)."""
-    if not header:
-        return 0
-    match = re.fullmatch(r"\s*bytes=0-(\d+)\s*", header)
-    if not match:
-        raise DriveError(f"unexpected Range header in Drive's answer: {header!r}")
-    return int(match.group(1)) + 1

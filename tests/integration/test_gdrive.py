@@ -26,7 +26,9 @@ from backupmand.drives.google_auth import (
 )
 from backupmand.drives.google_drive import GoogleDriveFolder, quote_query
 from backupmand.errors import DriveError, VerificationError
+from backupmand.growing import GrowingFile
 from tests.servers.fake_gdrive import FakeGoogleDrive
+from tests.servers.throttle import ThrottleProxy
 
 MiB = 1024 * 1024
 
@@ -123,6 +125,160 @@ async def test_a_dropped_connection_resumes_from_what_drive_holds(
         item = gdrive_server.files[stored.path]
         assert item.data == data
         assert item.app_properties == {"sha256": sha256}
+    finally:
+        await drive.aclose()
+
+
+async def write_growing(stage: GrowingFile, data: bytes, steps: list[int], done: int = 0
+                        ) -> None:
+    """Append the rest of ``data`` (from ``done``) to the stage file, up to each offset
+    of ``steps`` then to the end, with ``grew`` after each; then ``finish``."""
+    position = done
+    for end in [*steps, len(data)]:
+        await asyncio.to_thread(_append, stage.path, data[position:end])
+        position = end
+        stage.grew(end)
+    stage.finish(len(data), hashlib.sha256(data).hexdigest())
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as sink:
+        sink.write(data)
+
+
+async def test_a_growing_file_is_sent_before_its_size_is_known(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    """Chunks go out with ``*`` as the total while the file grows; the last one carries
+    the total; the SHA-256, known only then, goes into appProperties afterwards."""
+    drive = GoogleDriveFolder(gdrive_server.drive_config(tmp_path / "creds"))
+    stage = GrowingFile(tmp_path / "stage.partial")
+    stage.path.write_bytes(b"")
+    data = os.urandom(5 * 256 * 1024 + 100)
+    try:
+        upload = asyncio.create_task(drive.upload_stream(stage, "streamed.sql.zst"))
+        await asyncio.to_thread(_append, stage.path, data[:3 * 256 * 1024])
+        stage.grew(3 * 256 * 1024)
+        while gdrive_server.chunks < 2:  # two whole chunks are out before the rest exists
+            gdrive_server.chunk_arrived.clear()
+            await gdrive_server.chunk_arrived.wait()
+        await write_growing(stage, data, [], done=3 * 256 * 1024)
+        stored = await upload
+        unit, total = 256 * 1024, len(data)
+        # The third chunk waits for a byte beyond it (a chunk sent without the total is
+        # never the last); by then the file is whole and the total known.
+        assert gdrive_server.content_ranges == [
+            f"bytes 0-{unit - 1}/*", f"bytes {unit}-{2 * unit - 1}/*",
+            f"bytes {2 * unit}-{3 * unit - 1}/{total}", f"bytes {3 * unit}-{4 * unit - 1}/{total}",
+            f"bytes {4 * unit}-{5 * unit - 1}/{total}", f"bytes {5 * unit}-{total - 1}/{total}"]
+        item = gdrive_server.files[stored.path]
+        assert item.data == data
+        assert item.app_properties == {"sha256": hashlib.sha256(data).hexdigest()}
+        assert ("PATCH", f"/drive/v3/files/{stored.path}") in [
+            (method, path.split("?")[0]) for method, path in gdrive_server.requests]
+    finally:
+        await drive.aclose()
+
+
+async def test_a_stream_resumes_after_the_link_drops_mid_chunk(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    """A link in front of Drive (the throttle proxy) is cut halfway through a chunk of a
+    file that is still growing: the drive asks the session what it holds (``*/*``: the
+    total is not known yet) and resumes there, re-reading the stage file."""
+    host, port = "127.0.0.1", int(gdrive_server.url.rstrip("/").rpartition(":")[2])
+    async with ThrottleProxy((host, port), rate=20e6) as link:
+        gdrive_server.session_origin = link.endpoint + "/"
+        sleeps = Sleeps()
+        config = gdrive_server.drive_config(tmp_path / "creds", chunk_size=MiB,
+                                            api_url=link.endpoint + "/")
+        drive = GoogleDriveFolder(config, sleep=sleeps)
+        stage = GrowingFile(tmp_path / "stage.partial")
+        stage.path.write_bytes(b"")
+        data = os.urandom(4 * MiB + 12345)
+        try:
+            link.cut_after(MiB + MiB // 2)  # in the second chunk
+            upload = asyncio.create_task(drive.upload_stream(stage, "resumed.sql.zst"))
+            await asyncio.to_thread(_append, stage.path, data[:3 * MiB])
+            stage.grew(3 * MiB)
+            await link.cut_done.wait()
+            while gdrive_server.chunks < 3:  # the first, the cut one, the one sent again
+                gdrive_server.chunk_arrived.clear()
+                await gdrive_server.chunk_arrived.wait()
+            assert not stage.complete
+            await write_growing(stage, data, [], done=3 * MiB)
+            stored = await upload
+            assert link.cuts == 1
+            assert len(sleeps.delays) == 1
+            assert "bytes */*" in gdrive_server.content_ranges  # what do you hold?
+            resumed_at = gdrive_server.content_ranges.index("bytes */*") + 1
+            assert gdrive_server.content_ranges[resumed_at].startswith(f"bytes {MiB}-")
+            assert gdrive_server.files[stored.path].data == data
+            assert gdrive_server.open_sessions() == []
+        finally:
+            await drive.aclose()
+
+
+async def test_listings_page_through_a_full_folder(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    gdrive_server.max_page_size = 100
+    folder = gdrive_server.ensure_folder("backups")
+    for index in range(250):
+        gdrive_server.add_file(f"main-{index:03d}.sql.zst", folder, data=b"x" * index)
+    gdrive_server.add_file("sub", folder, mime_type="application/vnd.google-apps.folder")
+    drive = build_drive(gdrive_server.drive_config(tmp_path / "creds"))
+    try:
+        listed = await drive.list_files()
+        assert sorted(item.name for item in listed) == [f"main-{i:03d}.sql.zst" for i in range(250)]
+        assert {item.size for item in listed} == set(range(250))
+        assert gdrive_server.list_requests == 1 + 3  # the folder, then three pages
+    finally:
+        await drive.aclose()
+
+
+async def test_adopt_recognises_an_earlier_copy_without_appproperties(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    """Died between the last chunk and recording the SHA-256: Drive's own sha256Checksum
+    tells; a file from before Drive computed one is compared by MD5 with the stage file."""
+    source, data, sha256 = make_file(tmp_path, 700 * 1024)
+    folder = gdrive_server.ensure_folder("backups")
+    by_sha = gdrive_server.add_file("a.sql.zst", folder, data=data)
+    by_md5 = gdrive_server.add_file("b.sql.zst", folder, data=data)
+    gdrive_server.files[by_md5].no_sha256 = True
+    other = gdrive_server.add_file("c.sql.zst", folder, data=bytes(reversed(data)))
+    gdrive_server.files[other].no_sha256 = True
+    drive = build_drive(gdrive_server.drive_config(tmp_path / "creds"))
+    try:
+        for name, expected in (("a.sql.zst", by_sha), ("b.sql.zst", by_md5)):
+            stored = await drive.upload(source, name, size=len(data), sha256=sha256, adopt=True)
+            assert stored.path == expected
+        with pytest.raises(DriveError, match="already exists"):
+            await drive.upload(source, "c.sql.zst", size=len(data), sha256=sha256, adopt=True)
+        assert len(gdrive_server.files_in("backups")) == 3
+    finally:
+        await drive.aclose()
+
+
+async def test_a_sha256_that_cannot_be_recorded_fails_the_upload_and_leaves_nothing(
+    gdrive_server: FakeGoogleDrive, tmp_path: Path
+) -> None:
+    gdrive_server.fail_updates = 100
+    drive = GoogleDriveFolder(gdrive_server.drive_config(tmp_path / "creds"), sleep=Sleeps())
+    stage = GrowingFile(tmp_path / "stage.partial")
+    stage.path.write_bytes(b"")
+    data = os.urandom(300 * 1024)
+    try:
+        upload = asyncio.create_task(drive.upload_stream(stage, "unrecorded.sql.zst"))
+        await asyncio.to_thread(_append, stage.path, data[:256 * 1024 + 1])
+        stage.grew(256 * 1024 + 1)
+        await gdrive_server.chunk_arrived.wait()  # started before the SHA-256 was known
+        await write_growing(stage, data, [], done=256 * 1024 + 1)
+        with pytest.raises(DriveError, match="recording the SHA-256") as raised:
+            await upload
+        assert raised.value.retryable
+        assert gdrive_server.files_in("backups") == {}
     finally:
         await drive.aclose()
 

@@ -7,11 +7,12 @@ It speaks what backupmand's google_drive drive, aiogoogle and ``auth-google`` us
 - ``GET /o/oauth2/auth``: the consent page, which consents at once and redirects to
   the ``redirect_uri`` with ``code`` and ``state`` (as a browser would follow it).
 - ``GET /drive/v3/about``; ``GET/POST /drive/v3/files`` (list with ``q`` clauses on
-  name / parents / mimeType / trashed; metadata-only create, e.g. folders);
-  ``GET/DELETE /drive/v3/files/{id}`` (metadata with ``fields``, ``alt=media`` with
-  ``Range``).
+  name / parents / mimeType / trashed, pages with ``pageSize`` and ``pageToken``;
+  metadata-only create, e.g. folders); ``GET/PATCH/DELETE /drive/v3/files/{id}``
+  (metadata with ``fields``, ``alt=media`` with ``Range``; ``appProperties`` updates).
 - ``POST /upload/drive/v3/files``: ``uploadType=multipart`` and ``uploadType=resumable``
-  (then ``PUT`` chunks on the session URI with ``Content-Range``, 308 with ``Range``,
+  (then ``PUT`` chunks on the session URI with ``Content-Range``, the total or ``*``
+  while it is unknown, 308 with ``Range``,
   a final 200 with the file resource, ``bytes */N`` status queries, ``DELETE`` to
   cancel).
 
@@ -19,7 +20,8 @@ Fault knobs: :meth:`FakeGoogleDrive.expire_access_tokens`, ``refuse_refresh``,
 ``drop_connection_at`` (cut one chunk's connection once the upload reaches an offset),
 :meth:`FakeGoogleDrive.throttle` (429 with ``Retry-After``), ``corrupt_md5``,
 ``chunk_gate`` (hold chunk requests until a test opens it), ``session_origin``
-(hand out session URIs on another origin). Files are kept in memory.
+(hand out session URIs on another origin), ``fail_updates`` (500 to metadata
+updates), ``max_page_size``. Files are kept in memory.
 
 The ``gdrive_server`` fixture starts one per test in the test's event loop.
 """
@@ -61,6 +63,8 @@ class FakeFile:
     app_properties: dict[str, str] = dataclasses.field(default_factory=dict)
     trashed: bool = False
     md5_override: str | None = None
+    #: Drive reports no sha256Checksum (files uploaded before Drive computed it).
+    no_sha256: bool = False
 
     def resource(self, fields: str | None) -> dict[str, Any]:
         full: dict[str, Any] = {
@@ -71,7 +75,8 @@ class FakeFile:
         if self.mime_type != FOLDER_MIME:
             full["size"] = str(len(self.data))
             full["md5Checksum"] = self.md5_override or hashlib.md5(self.data).hexdigest()
-            full["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
+            if not self.no_sha256:
+                full["sha256Checksum"] = hashlib.sha256(self.data).hexdigest()
         if not fields:
             return {key: full[key] for key in ("kind", "id", "name", "mimeType") if key in full}
         wanted = {part.strip() for part in fields.split(",")}
@@ -178,6 +183,9 @@ class FakeGoogleDrive:
         self.refreshes = 0
         self.code_exchanges = 0
         self.chunks = 0
+        self.list_requests = 0
+        #: The largest page files.list answers (Drive's is 1,000).
+        self.max_page_size = 1000
         self.content_ranges: list[str] = []  # of every PUT on an upload session
         self.session_authorized: list[bool] = []  # whether it carried a bearer token
         #: The origin of session URIs (default: this server's own URL).
@@ -187,6 +195,8 @@ class FakeGoogleDrive:
         self.refuse_refresh = False
         self.deny_consent = False
         self.corrupt_md5 = False
+        #: Answer the next N metadata updates (PATCH) with 500.
+        self.fail_updates = 0
         self.drop_connection_at: int | None = None
         self.dropped = 0
         self.throttled: int = 0
@@ -213,6 +223,7 @@ class FakeGoogleDrive:
         app.router.add_get("/drive/v3/files", self._list)
         app.router.add_post("/drive/v3/files", self._create)
         app.router.add_get("/drive/v3/files/{id}", self._get)
+        app.router.add_patch("/drive/v3/files/{id}", self._update)
         app.router.add_delete("/drive/v3/files/{id}", self._delete)
         app.router.add_post("/upload/drive/v3/files", self._upload_start)
         app.router.add_put("/upload/drive/v3/files", self._upload_chunk)
@@ -315,6 +326,17 @@ class FakeGoogleDrive:
             if not found:
                 return None
             parent = min(found, key=lambda item: item.created).id
+        return parent
+
+    def ensure_folder(self, path: str) -> str:
+        """The id of the folder at ``path`` (under My Drive), created where missing."""
+        parent = "root"
+        for part in [part for part in path.split("/") if part]:
+            found = [item for item in self.files.values() if item.name == part
+                     and parent in item.parents and item.mime_type == FOLDER_MIME
+                     and not item.trashed]
+            parent = (min(found, key=lambda item: item.created).id if found
+                      else self.add_file(part, parent, mime_type=FOLDER_MIME))
         return parent
 
     def files_in(self, folder_path: str = "backups") -> dict[str, FakeFile]:
@@ -439,12 +461,17 @@ class FakeGoogleDrive:
                 found.append(item)
         if request.query.get("orderBy") == "createdTime":
             found.sort(key=lambda item: item.created)
-        page_size = int(request.query.get("pageSize", "100"))
+        self.list_requests += 1
+        page_size = min(int(request.query.get("pageSize", "100")), self.max_page_size)
+        start = int(request.query.get("pageToken") or 0)
         fields = request.query.get("fields", "")
-        match = re.fullmatch(r"files\((.*)\)", fields)
+        match = re.search(r"files\(([^)]*)\)", fields)
         item_fields = match.group(1) if match else "kind,id,name,mimeType"
-        return web.json_response({"files": [item.resource(item_fields)
-                                            for item in found[:page_size]]})
+        answer: dict[str, Any] = {"files": [item.resource(item_fields)
+                                            for item in found[start:start + page_size]]}
+        if start + page_size < len(found):
+            answer["nextPageToken"] = str(start + page_size)
+        return web.json_response(answer)
 
     def _new_file(self, metadata: dict[str, Any], data: bytes) -> FakeFile | web.Response:
         parents = metadata.get("parents") or ["root"]
@@ -488,6 +515,23 @@ class FakeGoogleDrive:
         return web.Response(status=206, body=data[start:end], headers={
             "Content-Range": f"bytes {start}-{end - 1}/{len(data)}",
             "Content-Type": "application/octet-stream"})
+
+    async def _update(self, request: web.Request) -> web.Response:
+        if self.fail_updates > 0:
+            self.fail_updates -= 1
+            return _error(500, "Internal Error", "backendError")
+        item = self._file(request.match_info["id"])
+        if item is None:
+            return _error(404, f"File not found: {request.match_info['id']}.", "notFound")
+        metadata = await request.json()
+        for key, value in (metadata.get("appProperties") or {}).items():
+            if value is None:
+                item.app_properties.pop(key, None)
+            else:
+                item.app_properties[key] = str(value)
+        if "name" in metadata:
+            item.name = str(metadata["name"])
+        return web.json_response(item.resource(request.query.get("fields")))
 
     async def _delete(self, request: web.Request) -> web.Response:
         if self.files.pop(request.match_info["id"], None) is None:
@@ -569,17 +613,28 @@ class FakeGoogleDrive:
             if (total == "0" and session.file_id is None and not session.received
                     and session.size in (None, 0)):
                 return self._finish(session)
+            if (total != "*" and session.file_id is None
+                    and len(session.received) == int(total) and session.size in (None, int(total))):
+                # The total announced at last, every byte already held: finalise (as Drive
+                # does for an upload of unknown size).
+                session.size = int(total)
+                return self._finish(session)
             return self._progress(session)
-        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", header)
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", header)
         if not match:
             return _error(400, f"bad Content-Range {header!r}", "badRequest")
-        start, last, total = map(int, match.groups())
-        if session.size is not None and total != session.size:
+        start, last = int(match.group(1)), int(match.group(2))
+        total = None if match.group(3) == "*" else int(match.group(3))
+        if session.size is not None and total is not None and total != session.size:
             return _error(400, "total size differs from the declared one", "badRequest")
+        if total is not None and last >= total:
+            return _error(400, "the chunk ends past the total size", "badRequest")
         if start != len(session.received):
             return _error(400, f"chunk starts at {start}, {len(session.received)} held",
                           "badRequest")
         length = last - start + 1
+        if total is not None:
+            session.size = total
         if last + 1 != total and length % CHUNK_UNIT:
             return _error(400, "a chunk must be a multiple of 256 KiB", "badRequest")
         self.chunks += 1
@@ -601,7 +656,7 @@ class FakeGoogleDrive:
         if len(body) != length:
             return _error(400, "body length differs from Content-Range", "badRequest")
         session.received += body
-        if len(session.received) == total:
+        if total is not None and len(session.received) == total:
             return self._finish(session)
         return self._progress(session)
 

@@ -10,6 +10,9 @@ Fixtures:
 - ``s3_proxy`` (function): a :class:`TcpProxy` in front of ``s3_server``, which a test
   can stop (connections reset, new ones refused) and start again on the same port,
   or arm to stop by itself once some bytes went through.
+- ``s3_fault_proxy`` (function): an :class:`S3FaultProxy` (HTTP) in front of
+  ``s3_server``: counts part requests in flight, fails chosen part attempts, loses
+  the answers of completions.
 
 Credentials are always given explicitly and botocore's instance-metadata lookup is
 disabled, so that nothing ever leaves the loopback interface.
@@ -17,6 +20,7 @@ disabled, so that nothing ever leaves the loopback interface.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -25,13 +29,16 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import boto3
 import pytest
+from aiohttp import web
 from botocore.config import Config as BotoConfig
 
 from backupmand.config import S3Drive
@@ -69,6 +76,16 @@ class S3Server:
 
     def multipart_uploads(self, bucket: str) -> list[dict[str, Any]]:
         return list(self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+    def seed(self, bucket: str, keys: list[str], body: bytes) -> None:
+        """Store many small objects at once, straight into the in-process server's
+        backend (``s3_server`` only): 10,000 PUTs over HTTP would take a minute."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key in keys:
+            backend.put_object(bucket, key, body)
 
     def keys(self, bucket: str) -> list[str]:
         answer = self.client().list_objects_v2(Bucket=bucket)
@@ -302,3 +319,138 @@ def _reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+class S3FaultProxy:
+    """An HTTP proxy in front of an S3 server that sees every request (asyncio, in the
+    test's event loop): it counts UploadPart requests per part number and in flight
+    (and the most in flight at once), can hold part requests until ``hold_parts`` of
+    them are in flight (so that concurrency is seen by counting, not by timing), and
+    answers chosen attempts of chosen parts with an error or a cut connection.
+
+    ``faults[part] = [fault, ...]``: one entry per attempt of that part, in order; a
+    fault is ``(status, code)`` (an S3 error answer, after the body was read) or
+    ``"cut"`` (the connection is reset halfway through the body).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = 0
+        self.requests: list[tuple[str, str]] = []
+        self.part_attempts: Counter[int] = Counter()
+        self.part_sizes: dict[int, int] = {}
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.faults: dict[int, list[tuple[int, str] | str]] = {}
+        #: Headers of the last request of each part (lower-case names).
+        self.part_headers: dict[int, dict[str, str]] = {}
+        #: CompleteMultipartUpload requests to forward whose answer is then lost.
+        self.lose_completion_answers = 0
+        self.hold_parts: int | None = None
+        self.hold_timeout = 30.0
+        self._released = asyncio.Event()
+        #: Set whenever a part request arrives.
+        self.part_arrived = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> S3FaultProxy:
+        app = web.Application(client_max_size=6 * 1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        self._client = aiohttp.ClientSession(auto_decompress=False)
+        return self
+
+    async def stop(self) -> None:
+        self._released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
+        part = int(request.query["partNumber"]) if (
+            request.method == "PUT" and "uploadId" in request.query
+            and "partNumber" in request.query) else None
+        if part is None:
+            answer = await self._send_upstream(request, await request.read())
+            if (request.method == "POST" and "uploadId" in request.query
+                    and self.lose_completion_answers > 0):
+                self.lose_completion_answers -= 1
+                _abort(request)  # done upstream, but the client never hears of it
+            return answer
+        self.part_attempts[part] += 1
+        attempt = self.part_attempts[part]
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.part_arrived.set()
+        try:
+            planned = self.faults.get(part, [])
+            fault = planned[attempt - 1] if attempt <= len(planned) else None
+            self.part_headers[part] = {key.lower(): value for key, value in request.headers.items()}
+            if fault == "cut":
+                length = int(request.headers.get("Content-Length") or 0)
+                await request.content.readexactly(max(1, length // 2))
+                _abort(request)
+                return web.Response(status=500)
+            body = await request.read()
+            self.part_sizes[part] = len(body)
+            if self.hold_parts is not None and not self._released.is_set():
+                if self.in_flight >= self.hold_parts:
+                    self._released.set()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._released.wait(), self.hold_timeout)
+            if isinstance(fault, tuple):
+                status, code = fault
+                return web.Response(status=status, content_type="application/xml", text=(
+                    f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
+                    f"<Message>injected {code}</Message></Error>"))
+            return await self._send_upstream(request, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _send_upstream(self, request: web.Request, body: bytes) -> web.Response:
+        assert self._client is not None
+        headers = {key: value for key, value in request.headers.items()
+                   if key.lower() not in ("content-length", "transfer-encoding", "expect",
+                                          "connection")}
+        async with self._client.request(
+                request.method, f"{self.upstream}{request.raw_path}", headers=headers,
+                data=body, allow_redirects=False) as answer:
+            payload = await answer.read()
+            kept = {key: value for key, value in answer.headers.items()
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection",
+                                           "content-encoding", "date", "server")}
+            response = web.Response(status=answer.status, body=payload, headers=kept)
+            if request.method == "HEAD" and "Content-Length" in answer.headers:
+                response.headers["Content-Length"] = answer.headers["Content-Length"]
+            return response
+
+
+def _abort(request: web.Request) -> None:
+    """Reset the client's connection (no answer), as a dropped link would."""
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+@pytest.fixture
+async def s3_fault_proxy(s3_server: S3Server) -> AsyncIterator[S3FaultProxy]:
+    proxy = await S3FaultProxy(s3_server.endpoint).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()

@@ -316,3 +316,26 @@ def test_check_config_prints_masked_config_and_next_runs(tmp_path: Path):
     assert "backup_job: '0 3 * * *' in Europe/Paris" in out
     nexts = [line for line in out.splitlines() if "next:" in line]
     assert len(nexts) == 3 and all("03:00:00" in line and "(CE" in line for line in nexts)
+
+
+def test_host_is_a_whole_path_segment_of_a_drive_location():
+    good = MINIMAL.replace("folder: /var/backups/x", "folder: '/var/backups/{host}/db'") + """
+  - {provider: s3, label: bucket, bucket: shared-bucket, prefix: 'backups/{host}'}
+  - {provider: google_drive, label: gd, folder: '{host}', client_secret_file: /c, token_file: /t}
+"""
+    settings = parse_settings(good)
+    assert [getattr(drive, "prefix", None) for drive in settings.drives][1] == "backups/{host}"
+    bad = MINIMAL.replace("folder: /var/backups/x", "folder: '/var/backups/db-{host}'") + """
+  - {provider: s3, label: bucket, bucket: shared-bucket, prefix: 'backups/{host}/{host}'}
+  - {provider: google_drive, label: gd, folder: 'x/{host}.d', client_secret_file: /c,
+     token_file: /t}
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(bad)
+    assert raised.value.problems == [
+        "drives[0].folder: {host} must be a whole path segment (such as backups/{host}/nightly), "
+        "not part of one: '/var/backups/db-{host}'",
+        "drives[1].prefix: may contain {host} only once",
+        "drives[2].folder: {host} must be a whole path segment (such as backups/{host}/nightly), "
+        "not part of one: 'x/{host}.d'",
+    ]
