@@ -183,11 +183,10 @@ async def dump(services: Services, backup: Backup,
                         raise
                 finally:
                     await asyncio.to_thread(handle.close)
-                await asyncio.to_thread(_publish, partial, final)
+                # Readers that opened the stage keep reading it; later ones open the
+                # published name (the growing file renames under its readers' lock).
+                await asyncio.to_thread(_publish, partial, final, growing)
                 if growing is not None:
-                    # Readers that opened the stage keep reading it; later ones open the
-                    # published name.
-                    growing.moved(final)
                     growing.finish(written.size, written.sha256)
                 script = await source.dump_globals(workdir)
                 if script is not None:
@@ -296,10 +295,13 @@ def _prepare_folders(folder: Path, workdir: Path, final: Path) -> None:
     workdir.mkdir(mode=0o700)
 
 
-def _publish(partial: Path, final: Path) -> None:
+def _publish(partial: Path, final: Path, growing: Any = None) -> None:
     if final.exists():
         raise DumpError(f"{final} already exists: not overwritten")
-    os.rename(partial, final)
+    if growing is not None:
+        growing.rename(final)
+    else:
+        os.rename(partial, final)
 
 
 def _discard(partial: Path, workdir: Path) -> None:
