@@ -27,7 +27,7 @@ def imported(label: str, status: Status, created: dt.datetime, **fields: Any) ->
 
 
 async def test_the_facts_of_a_real_catalog_health_report_and_schedule(make_settings, open_runtime):
-    settings = make_settings(http={"api_keys": ["k"], "backup_job": {
+    settings = make_settings(http={"api_keys": ["status-page-key-0123"], "backup_job": {
         "enabled": True, "cron": "30 4 * * *", "timezone": ZONE}})
     now = utcnow()
     zone = ZoneInfo(ZONE)
