@@ -344,8 +344,8 @@ async def test_tls(mariadb_server: MariadbServer, app_db: str, tmp_path: Path) -
                          ca_file=str(mariadb_server.ca_file))
     await verified.health()
     assert b"-- Dump completed" in (await dump_bytes(verified, tmp_path / "work"))[-200:]
-    async with verified.option_file(tmp_path, "mariadb") as option_file:
-        rows = await verified.client(option_file, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    async with verified.session(tmp_path) as opened:
+        rows = await opened.rows("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
     assert rows[0][1]
 
     # Encrypted without a CA to check against (like sslmode=require).

@@ -1,0 +1,82 @@
+"""The pure parts of the MySQL/MariaDB source: grants, names, defaults, endpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+from backupmand.config import MysqlSource
+from backupmand.sources.mysql import MysqlDatabase, database_defaults, preamble
+from backupmand.sources.mysql_client import check_name, hex_literal, quote_ident
+from backupmand.sources.mysql_globals import grant_scope, like_matches, split_definer
+from backupmand.sources.mysql_inventory import DatabaseProperties, quote_literal
+
+
+@pytest.mark.parametrize(("grant", "scope"), [
+    ("GRANT SELECT, INSERT ON `orig`.* TO `app`@`%`", "database"),
+    ("GRANT SELECT ON `orig`.`t_seq` TO `r1`", "database"),
+    ("GRANT EXECUTE ON PROCEDURE `orig`.`p1` TO `app`@`%`", "database"),
+    ("GRANT SELECT (`a`, `b`) ON `orig`.`t` TO `app`@`%`", "database"),
+    ("GRANT SELECT ON `or%`.* TO `app`@`%`", "database"),
+    ("GRANT SELECT ON `or\\_ig`.* TO `app`@`%`", None),
+    ("GRANT SELECT ON `other`.* TO `app`@`%`", None),
+    ("GRANT SELECT ON `a``b`.* TO `app`@`%`", None),
+    ("GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*D8'", None),
+    ("GRANT RELOAD, PROCESS ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*D8'", "global"),
+    ("GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION", None),
+    ("GRANT `r1` TO `app`@`%`", "role"),
+    ("SET DEFAULT ROLE `r1` FOR `app`@`%`", None),
+])
+def test_grant_scope(grant: str, scope: str | None) -> None:
+    assert grant_scope(grant, "orig") == scope
+
+
+def test_like_matches_as_mysql_db_does() -> None:
+    assert like_matches("app_db", "appxdb") and like_matches("app\\_db", "app_db")
+    assert not like_matches("app\\_db", "appxdb")
+    assert like_matches("a%", "abc") and not like_matches("a%", "ba")
+    assert like_matches("a.b", "a.b") and not like_matches("a.b", "axb")
+
+
+def test_split_definer() -> None:
+    assert split_definer("app@%") == ("app", "%")
+    assert split_definer("odd@name@localhost") == ("odd@name", "localhost")
+    assert split_definer("role1") == ("role1", None)
+
+
+def test_names_and_literals() -> None:
+    assert quote_ident("a`b") == "`a``b`"
+    assert hex_literal("é") == "_utf8mb4 X'C3A9'" and hex_literal("") == "''"
+    assert quote_literal("it's a \\ \n") == "'it\\'s a \\\\ \\n'"
+    with pytest.raises(ValueError, match="line breaks"):
+        check_name("a\nb")
+    with pytest.raises(ValueError, match="longer than 64"):
+        check_name("x" * 65)
+
+
+def test_database_defaults_round_trip() -> None:
+    defaults = DatabaseProperties("latin1", "latin1_swedish_ci", "shop's data")
+    text = preamble(defaults)
+    assert b"ALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci COMMENT 'shop\\'s data';" in text
+    assert database_defaults(b"-- header\n" + text) == DatabaseProperties("latin1", "latin1_swedish_ci")
+    assert database_defaults(b"-- an older dump\n") is None
+    with pytest.raises(ValueError, match="unexpected"):
+        DatabaseProperties("utf8mb4; DROP", "x")
+    assert DatabaseProperties("a", "b", None).clause(empty_comment=True) == "CHARACTER SET a COLLATE b"
+    assert DatabaseProperties("a", "b", "").clause(empty_comment=True).endswith("COMMENT ''")
+
+
+def test_verify_target_endpoint_defaults() -> None:
+    def source(**target: object) -> MysqlDatabase:
+        return MysqlDatabase(MysqlSource.model_validate({
+            "provider": "mariadb", "label": "m", "db_name": "x", "host": "db1", "port": 3307,
+            "user": "backup", "password": "pw", "verify_target": target or None}))
+
+    assert source().drill_endpoint() == source().endpoint()
+    same_user = source(host="scratch").drill_endpoint()
+    assert (same_user.host, same_user.port, same_user.user, same_user.password) == (
+        "scratch", 3307, "backup", "pw")
+    other = source(host="scratch", port=3310, user="verifier").drill_endpoint()
+    assert (other.port, other.user, other.password) == (3310, "verifier", None)
+    given = source(host="scratch", user="verifier", password="vpw").drill_endpoint()
+    assert given.password == "vpw"
+    assert "vpw" in source(host="s", password="vpw").secrets()
