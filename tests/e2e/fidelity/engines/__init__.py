@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from .base import Engine
+from .mariadb import MariadbEngine
 from .sqlite import SqliteEngine
 
 ENGINES: dict[str, type[Engine]] = {
+    MariadbEngine.name: MariadbEngine,
     SqliteEngine.name: SqliteEngine,
 }
 
