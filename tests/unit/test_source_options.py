@@ -33,7 +33,10 @@ MY_REFUSED = ["--result-file=/tmp/x", "--result_file=/tmp/x", "--loose-result-fi
               "-p", "--password=x", "--socket=/x", "-S", "--defaults-file=/x",
               "--defaults-extra-file=/x", "--no-defaults", "--login-path=x",
               "--plugin-dir=/x", "--log-error=/x", "--debug", "-#", "-V", "--", "x",
-              "-wid>10"]
+              "-wid>10", "--add-locks", "--skip-single-transaction", "--skip-dump-history",
+              "--as-of=2020-01-01", "--skip-hex-blob", "--skip-quote-names", "-Q", "-x",
+              "--lock-all-tables", "--skip-triggers", "--skip_routines", "--force", "-f",
+              "--compatible=ansi", "--skip-tz-utc", "--skip-opt", "--max-allowed-packet=1M"]
 
 
 @pytest.mark.parametrize("option", PG_OK)
