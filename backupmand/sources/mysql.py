@@ -53,6 +53,7 @@ from pathlib import Path
 from .. import process
 from ..config import MysqlSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
+from ._shielded import shielded
 from ._streams import find_tool, peek
 from .base import DumpFacts, Inventory, ServerSource, TailCheck
 from .mysql_client import (
@@ -67,7 +68,6 @@ from .mysql_client import (
     quote_ident,
     session,
     unhex,
-    until_done,
 )
 from .mysql_dump_stream import TRAILER, DumpStream, DumpStreamError
 from .mysql_globals import globals_script
@@ -300,7 +300,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
         try:
             await self._load(opened, stream, target, self.config.timeout)
         except BaseException as error:
-            await until_done(drop_database(opened, target))
+            await shielded(drop_database(opened, target))
             if isinstance(error, _LoadFailed):
                 raise RestoreError(f"loading the dump into {target!r} on {self.where} failed "
                                    f"(the database was dropped again): {error}") from None
@@ -313,7 +313,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
         try:
             await self._load(opened, stream, target, self.config.timeout)
         except BaseException as error:
-            await until_done(_empty(opened, target, before))
+            await shielded(_empty(opened, target, before))
             if isinstance(error, _LoadFailed):
                 raise RestoreError(f"loading the dump into {target!r} on {self.where} failed "
                                    f"(the database was emptied again): {error}") from None
@@ -342,11 +342,11 @@ class MysqlDatabase(ServerSource[MysqlSource]):
                     f"loading the dump failed, so {target!r} on {self.where} was not touched "
                     f"(the side database it was loaded into is dropped again): {error}"
                 ) from None
-            await until_done(replace(opened, dump_tool, target=target, side=side, keep_as=kept))
+            await shielded(replace(opened, dump_tool, target=target, side=side, keep_as=kept))
         finally:
-            await until_done(drop_database(opened, side))
+            await shielded(drop_database(opened, side))
         if drop_old:
-            await until_done(drop_database(opened, kept))
+            await shielded(drop_database(opened, kept))
             return None
         return kept
 
@@ -385,7 +385,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
                     await self._load(opened, stream, name, self.config.verify_timeout)
                     return await inventory(opened, name, timeout=self.config.verify_timeout)
                 finally:
-                    await until_done(drop_database(opened, name))
+                    await shielded(drop_database(opened, name))
         except _LoadFailed as error:
             raise RestoreError(f"the dump does not load into {name!r} on {endpoint.where}: "
                                f"{error}") from None
@@ -403,7 +403,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
                 stale = [name for name in await list_databases(opened)
                          if name.startswith(prefix)]
                 for name in stale:
-                    await until_done(drop_database(opened, name))
+                    await shielded(drop_database(opened, name))
         except ProcessError as error:
             raise RestoreError(f"dropping stale scratch databases on {endpoint.where} failed: "
                                f"{error}") from None

@@ -32,9 +32,8 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 from .. import process
 from ..errors import ProcessError
@@ -49,7 +48,6 @@ CLIENT_PACKET = 1024 * 1024 * 1024
 NAME_LIMIT = 64
 
 _flavors: dict[str, str] = {}
-T = TypeVar("T")
 
 
 def option_value(value: str) -> str:
@@ -215,25 +213,6 @@ async def session(endpoint: Endpoint, folder: Path, secrets: tuple[str, ...],
     finally:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(path.unlink)
-
-
-async def until_done(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end even when the caller is cancelled meanwhile (then
-    CancelledError follows): clean-ups such as dropping a scratch database must not be
-    cut short by the very cancellation they clean up after."""
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 async def drop_database(session: Session, name: str) -> None:

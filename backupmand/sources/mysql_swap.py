@@ -42,6 +42,12 @@ from .mysql_inventory import (
 
 #: Copying definitions: the tool's packet limit is the client's (no server to obey).
 _NO_LIMIT = 1 << 40
+#: A step that waits for a lock (a long transaction of an application on the target)
+#: fails after this many seconds — and the swap is undone — instead of the server's
+#: default of a day.
+LOCK_WAIT = 60
+_LOCK_WAIT_SQL = (f"SET SESSION lock_wait_timeout = LEAST(@@GLOBAL.lock_wait_timeout, "
+                  f"{LOCK_WAIT});\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +152,7 @@ async def clear_objects(session: Session, name: str) -> None:
         f"{hex_equals('EVENT_SCHEMA', name)}"
     )
     if rows:
-        await session.execute("".join(
+        await session.execute(_LOCK_WAIT_SQL + "".join(
             f"DROP {kind} {quote_ident(name)}.{quote_ident(unhex(hexed))};\n"
             for kind, hexed in rows))
 
@@ -160,7 +166,7 @@ async def move_tables(session: Session, source: str, target: str,
     renames = ", ".join(
         f"{quote_ident(source)}.{quote_ident(table)} TO {quote_ident(target)}.{quote_ident(table)}"
         for table in names)
-    await session.execute(f"RENAME TABLE {renames};")
+    await session.execute(f"{_LOCK_WAIT_SQL}RENAME TABLE {renames};")
     rows = await session.rows(
         "SELECT HEX(TABLE_NAME), HEX(COLUMN_NAME), HEX(COLUMN_DEFAULT) FROM "
         f"information_schema.COLUMNS WHERE {hex_equals('TABLE_SCHEMA', target)} AND "
@@ -177,14 +183,16 @@ async def move_tables(session: Session, source: str, target: str,
                 f"COLUMN {quote_ident(unhex(column_hex))} SET DEFAULT ({moved});\n")
     if statements:
         # Versioned tables refuse ALTER TABLE unless told to keep their history.
-        await session.execute("SET SESSION system_versioning_alter_history = KEEP;\n"
+        await session.execute(_LOCK_WAIT_SQL
+                              + "SET SESSION system_versioning_alter_history = KEEP;\n"
                               + "".join(statements))
 
 
 async def create_objects(session: Session, contents: Contents, database: str,
                          *, timeout: float = ADMIN_TIMEOUT) -> None:
     if contents.objects_script:
-        await session.load(_once(contents.objects_script), database=database, timeout=timeout)
+        await session.load(_once(_LOCK_WAIT_SQL.encode() + contents.objects_script),
+                           database=database, timeout=timeout)
 
 
 async def replace(session: Session, dump_tool: str, *, target: str, side: str,
@@ -225,8 +233,9 @@ async def replace(session: Session, dump_tool: str, *, target: str, side: str,
                        create_objects(session, old, kept, timeout=timeout),
                        lambda: clear_objects(session, kept))
         await step(f"set the defaults of {target!r}",
-                   session.execute(alter_database_sql(target, new.properties)),
-                   lambda: session.execute(alter_database_sql(target, old.properties)))
+                   session.execute(_LOCK_WAIT_SQL + alter_database_sql(target, new.properties)),
+                   lambda: session.execute(_LOCK_WAIT_SQL
+                                           + alter_database_sql(target, old.properties)))
         await step(f"drop the views, routines, triggers and events of {side!r}",
                    clear_objects(session, side), None)
         await step(f"move the tables of {side!r} to {target!r}",
