@@ -692,3 +692,63 @@ async def test_drill_on_a_verify_target_and_stale_scratch(
     with pytest.raises(RestoreError, match="Can't connect"):
         await unreachable.drill(_chunks(raw), scratch="backupmand_verify_down",
                                 workdir=tmp_path / "work")
+
+
+def plain_state(server: MariadbServer, db: str) -> dict[str, Any]:
+    """Tables with their rows and definitions, views, routines and triggers of ``db``."""
+    literal = quote_literal(db)
+    state: dict[str, Any] = {"database": server.query(
+        None, "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM "
+              f"information_schema.SCHEMATA WHERE SCHEMA_NAME = {literal}")}
+    for (table, kind) in server.query(None, "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema."
+                                            f"TABLES WHERE TABLE_SCHEMA = {literal} ORDER BY 1"):
+        state[f"create {table}"] = server.query(db, f"SHOW CREATE TABLE {quote_ident(table)}")
+        if kind == "BASE TABLE":
+            state[f"rows {table}"] = server.query(db, f"SELECT * FROM {quote_ident(table)} ORDER BY 1")
+    for name, sql in {
+        "routines": "SELECT ROUTINE_NAME, ROUTINE_DEFINITION, DEFINER FROM information_schema."
+                    "ROUTINES WHERE ROUTINE_SCHEMA = {db}",
+        "triggers": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {db}",
+        "events": "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {db}",
+    }.items():
+        state[name] = server.query(None, sql.format(db=literal))
+    return state
+
+
+async def test_a_swap_that_fails_at_its_last_step_is_undone_step_by_step(
+    mariadb_server: MariadbServer, app_db: str, tmp_path: Path
+) -> None:
+    """The restoring account may do everything but create triggers in the target: the
+    dump loads into the side database, the target's contents move aside, the new ones
+    move in — and their trigger is refused. Every step is undone."""
+    target = "swapdenied"
+    raw = await dump_bytes(my_source(mariadb_server, app_db, tmp_path), tmp_path / "work")
+    mariadb_server.create_database(target)
+    account = "'restorer'@'%'"
+    try:
+        mariadb_server.sql("CREATE TABLE old_table (x INT PRIMARY KEY); INSERT INTO old_table "
+                           "VALUES (1), (2); CREATE VIEW old_view AS SELECT x FROM old_table; "
+                           "CREATE PROCEDURE old_proc() SELECT 1;", db=target)
+        mariadb_server.sql(
+            f"CREATE USER {account} IDENTIFIED BY 'restorer-pw';\n"
+            "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW, "
+            "SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EXECUTE, EVENT, REFERENCES "
+            f"ON `swapdenied`.* TO {account};\n"
+            f"GRANT ALL ON `swapdenied\\_\\_before\\_%`.* TO {account};\n"
+            f"GRANT ALL ON `backupmand\\_restore\\_%`.* TO {account};\n"
+            f"GRANT SET USER ON *.* TO {account};\n"
+            f"GRANT SELECT ON mysql.proc TO {account};")
+        before = plain_state(mariadb_server, target)
+        databases = set(databases_starting(mariadb_server, ""))
+        source = my_source(mariadb_server, app_db, tmp_path, user="restorer",
+                           password="restorer-pw")
+        # The failing statement is the new contents' trigger, created in the target last.
+        with pytest.raises(RestoreError, match=r"(?s)put back as it was.*TRIGGER items_ai .*"
+                                               r"TRIGGER command denied .* `swapdenied`.`items`"):
+            await source.restore(_chunks(raw), database=target, force=True, workdir=tmp_path)
+        assert plain_state(mariadb_server, target) == before
+        assert set(databases_starting(mariadb_server, "")) == databases
+    finally:
+        mariadb_server.sql(f"DROP USER IF EXISTS {account};")
+        for name in databases_starting(mariadb_server, target):
+            mariadb_server.drop_database(name)
