@@ -40,6 +40,7 @@ Drills
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import re
@@ -48,6 +49,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import process
@@ -105,6 +107,30 @@ async def tool_facts(tool: str) -> tuple[str, bool]:
         _tool_facts[tool] = (match.group(1) if match else text.strip(),
                              b"--dump-history" in usage.stdout)
     return _tool_facts[tool]
+
+
+async def filtered(stream: DumpStream, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` through ``stream``, one chunk ahead: the filter works on the next
+    chunk in its own thread while the consumer (compression, hashing) handles this one,
+    so the filter adds no latency of its own to the pipeline."""
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mysql-dump-stream")
+    in_flight: collections.deque[asyncio.Future[list[bytes]]] = collections.deque()
+    try:
+        async for chunk in chunks:
+            in_flight.append(loop.run_in_executor(worker, stream.feed, chunk))
+            if len(in_flight) > 1:
+                for piece in await in_flight.popleft():
+                    yield piece
+        while in_flight:
+            for piece in await in_flight.popleft():
+                yield piece
+        for piece in stream.finish():
+            yield piece
+    finally:
+        for future in in_flight:
+            future.cancel()  # the dump failed or was closed: its outcome no longer matters
+        worker.shutdown(wait=False, cancel_futures=True)
 
 
 def database_defaults(head: bytes) -> DatabaseProperties | None:
@@ -179,10 +205,8 @@ class MysqlDatabase(ServerSource[MysqlSource]):
                     *history, *options, "--", database,
                 )
                 # The tool gets the whole timeout (the questions before it take moments).
-                async for chunk in process.stream_output(command, timeout=self.config.timeout):
-                    for piece in await asyncio.to_thread(stream.feed, chunk):
-                        yield tail.feed(piece)
-                for piece in stream.finish():
+                output = process.stream_output(command, timeout=self.config.timeout)
+                async for piece in filtered(stream, output):
                     yield tail.feed(piece)
         except ProcessError as error:
             raise DumpError(str(error)) from None
