@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from backupmand.config import MysqlSource
-from backupmand.sources.mysql import MysqlDatabase, database_defaults, preamble
+from backupmand.sources.mysql import MysqlDatabase, database_defaults, filtered, preamble
 from backupmand.sources.mysql_client import check_name, hex_literal, quote_ident
+from backupmand.sources.mysql_dump_stream import DumpStream, DumpStreamError
 from backupmand.sources.mysql_globals import grant_scope, like_matches, split_definer
 from backupmand.sources.mysql_inventory import DatabaseProperties, quote_literal
 
@@ -80,3 +83,27 @@ def test_verify_target_endpoint_defaults() -> None:
     given = source(host="scratch", user="verifier", password="vpw").drill_endpoint()
     assert given.password == "vpw"
     assert "vpw" in source(host="s", password="vpw").secrets()
+
+
+async def _pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_filtered_keeps_order_and_reports_the_filters_error() -> None:
+    header = b"/*!40111 SET @OLD_SQL_NOTES=@@SQL_NOTES, SQL_NOTES=0 */;\n"
+    rows = [b"INSERT INTO `t` VALUES\n(%d);\n" % number for number in range(50)]
+    stream = DumpStream(database="d", packet_limit=1 << 20, preamble=b"-- p\n")
+    out = b"".join([piece async for piece in filtered(stream, _pieces(header, *rows))])
+    assert out == header + b"-- p\n" + b"".join(rows)
+    assert stream.tables == {"t": 50}
+
+    broken = DumpStream(database="d", packet_limit=1 << 20)
+    with pytest.raises(DumpStreamError, match="unexpected INSERT"):
+        async for _piece in filtered(broken, _pieces(header, b"INSERT INTO t VALUES (1);\n",
+                                                     *rows)):
+            pass
+
+    early = filtered(DumpStream(database="d", packet_limit=1 << 20), _pieces(header, *rows))
+    assert await anext(early)
+    await early.aclose()  # closed early: nothing left running, nothing raised
