@@ -72,7 +72,7 @@ from .mysql_client import (
     unhex,
 )
 from .mysql_dump_stream import TRAILER, DumpStream, DumpStreamError
-from .mysql_globals import globals_script
+from .mysql_globals import UnsupportedServer, globals_script
 from .mysql_inventory import (
     DatabaseProperties,
     alter_database_sql,
@@ -250,6 +250,8 @@ class MysqlDatabase(ServerSource[MysqlSource]):
             async with self.session(workdir) as opened:
                 await opened.check_tls()
                 return await globals_script(opened, self.config.db_name)
+        except UnsupportedServer as error:
+            raise DumpError(f"{error}; set globals: false for source {self.label!r}") from None
         except ProcessError as error:
             raise DumpError(f"reading the accounts database {self.config.db_name!r} needs "
                             f"failed (the user needs SELECT on mysql.*): {error}") from None

@@ -19,6 +19,10 @@ Grants name the database by its original name (they are the server's state, not 
 database's); a restore under another name gets its grants from whoever restores it.
 PROXY grants and the accounts' other databases are left out. A DEFINER that does
 not exist on the source server is named in a comment.
+
+MariaDB only: MySQL keeps roles and accounts in other tables and has no EXECUTE
+IMMEDIATE; there the source says so (set ``globals: false``) rather than write a
+script that would not do what it says.
 """
 
 from __future__ import annotations
@@ -126,8 +130,17 @@ async def needed_accounts(session: Session, database: str) -> list[tuple[str, st
     return list(found)
 
 
+class UnsupportedServer(Exception):
+    """Raised for a server whose account tables this module does not know (MySQL)."""
+
+
 async def globals_script(session: Session, database: str) -> bytes:
-    """The script (see the module's docstring); ProcessError when the server refuses."""
+    """The script (see the module's docstring); ProcessError when the server refuses,
+    UnsupportedServer on MySQL (its roles, account tables and EXECUTE differ)."""
+    version = (await session.rows("SELECT VERSION()"))[0][0]
+    if "mariadb" not in version.lower():
+        raise UnsupportedServer(f"the server is {version}: the accounts file is written for "
+                                "MariaDB only")
     accounts = await needed_accounts(session, database)
     existing = {(unhex(user), unhex(host), is_role) for user, host, is_role in await session.rows(
         "SELECT HEX(User), HEX(Host), is_role FROM mysql.user")}

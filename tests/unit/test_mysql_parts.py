@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from backupmand.config import MysqlSource
+from backupmand.errors import DumpError
 from backupmand.sources.mysql import MysqlDatabase, database_defaults, filtered, preamble
 from backupmand.sources.mysql_client import check_name, hex_literal, quote_ident
 from backupmand.sources.mysql_dump_stream import DumpStream, DumpStreamError
@@ -107,3 +110,18 @@ async def test_filtered_keeps_order_and_reports_the_filters_error() -> None:
     early = filtered(DumpStream(database="d", packet_limit=1 << 20), _pieces(header, *rows))
     assert await anext(early)
     await early.aclose()  # closed early: nothing left running, nothing raised
+
+
+async def test_globals_on_mysql_say_to_turn_them_off(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in client that answers like MySQL 8: no accounts file is pretended."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    client = folder / "mariadb"
+    client.write_text("#!/bin/sh\ncat > /dev/null\nprintf '8.0.36\\n'\n")
+    client.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    source = MysqlDatabase(MysqlSource(provider="mysql", label="m", db_name="x"))
+    with pytest.raises(DumpError, match="MariaDB only; set globals: false for source 'm'"):
+        await source.dump_globals(tmp_path)
+    assert list(tmp_path.glob("*.cnf")) == []
