@@ -13,7 +13,12 @@ and are refused, at config validation and again before a dump:
 - anything that ties the dump to its original database name (pg_dump ``-C``,
   mysqldump ``--databases`` / ``--all-databases``), which would make a restore into
   another database write into the original one;
-- mysqldump ``--compact`` / ``--skip-comments``, which drop the end-of-dump trailer.
+- mysqldump ``--compact`` / ``--skip-comments``, which drop the end-of-dump trailer;
+- mysqldump options that backupmand sets because the dump's consistency, completeness
+  or loadability depends on them (``--single-transaction``, ``--skip-add-locks``,
+  ``--dump-history``, ``--hex-blob``, ``--routines``/``--triggers``/``--events``,
+  ``--quote-names``, ``--set-charset``, ``--tz-utc``, ``--create-options``, ``--opt``,
+  ``--force``, the charset and packet size, ``--compatible``), in any spelling.
 
 Rules: every item starts with ``-``. Long options are ``--name`` or ``--name=value``
 (a value must be attached with ``=``; a separate item would be refused as not
@@ -38,13 +43,19 @@ _PG_REFUSED_LONG = (
 
 # mysqldump / mariadb-dump.
 _MY_SHORT_WITH_VALUE = frozenset("#hPpSrTuwWDO")
-_MY_REFUSED_SHORT = frozenset("#ABhPpSrTuXV?")
+_MY_REFUSED_SHORT = frozenset("#ABhPpSrTuXV?xlQHaREf")
 _MY_REFUSED_LONG = (
     "result-file", "tab", "xml", "databases", "all-databases", "compact", "comments",
     "host", "port", "user", "password", "socket", "protocol", "defaults-file",
     "defaults-extra-file", "defaults-group-suffix", "no-defaults", "print-defaults",
     "login-path", "plugin-dir", "log-error", "debug", "debug-check", "debug-info",
     "version", "help", "dump-slave", "master-data",
+    # What makes the dump consistent, complete and loadable under another name is
+    # backupmand's to set (mysql_dump_stream reads the tool's own output format).
+    "single-transaction", "lock-tables", "lock-all-tables", "add-locks", "quote-names",
+    "dump-history", "as-of", "hex-blob", "default-character-set", "set-charset", "tz-utc",
+    "create-options", "opt", "compatible", "routines", "triggers", "events", "force",
+    "max-allowed-packet",
 )
 _MY_PREFIXES = ("loose-", "skip-", "enable-", "disable-", "maximum-")
 

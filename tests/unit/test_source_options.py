@@ -10,7 +10,8 @@ import pytest
 from backupmand.config import MysqlSource, PostgresSource, parse_settings
 from backupmand.errors import ConfigError, DumpError, HealthError
 from backupmand.sources.base import DumpFacts
-from backupmand.sources.mysql import MysqlDatabase, option_value
+from backupmand.sources.mysql import MysqlDatabase
+from backupmand.sources.mysql_client import option_value
 from backupmand.sources.options import check_mysqldump_options, check_pg_dump_options
 from backupmand.sources.postgres import PostgresDatabase, conninfo_dbname
 
@@ -32,7 +33,10 @@ MY_REFUSED = ["--result-file=/tmp/x", "--result_file=/tmp/x", "--loose-result-fi
               "-p", "--password=x", "--socket=/x", "-S", "--defaults-file=/x",
               "--defaults-extra-file=/x", "--no-defaults", "--login-path=x",
               "--plugin-dir=/x", "--log-error=/x", "--debug", "-#", "-V", "--", "x",
-              "-wid>10"]
+              "-wid>10", "--add-locks", "--skip-single-transaction", "--skip-dump-history",
+              "--as-of=2020-01-01", "--skip-hex-blob", "--skip-quote-names", "-Q", "-x",
+              "--lock-all-tables", "--skip-triggers", "--skip_routines", "--force", "-f",
+              "--compatible=ansi", "--skip-tz-utc", "--skip-opt", "--max-allowed-packet=1M"]
 
 
 @pytest.mark.parametrize("option", PG_OK)
@@ -133,10 +137,22 @@ async def test_pg_dump_without_trailer_is_incomplete(fake_bin: Path, tmp_path: P
         await collect(source, tmp_path)
 
 
+#: A stand-in client that answers the questions a dump asks before it starts.
+FAKE_MARIADB = """sql=$(cat)
+case "$sql" in
+  *DEFAULT_CHARACTER_SET_NAME*) printf 'utf8mb4\\tutf8mb4_general_ci\\t\\n' ;;
+  *"COLUMN_NAME = 'SCHEMA_COMMENT'"*) printf '1\\n' ;;
+  *VERSION*) printf '10.11.19-MariaDB\\t16777216\\n' ;;
+esac
+"""
+FAKE_DUMP_INFO = ("case \"$1\" in --version) echo 'Ver 10.19 Distrib 10.11.19-MariaDB'; exit 0;;"
+                  " --help) echo '--dump-history'; exit 0;; --defaults-file=*) ;; *) exit 9;; esac\n")
+
+
 async def test_mysqldump_without_trailer_is_incomplete(fake_bin: Path, tmp_path: Path) -> None:
+    fake_tool(fake_bin, "mariadb", FAKE_MARIADB)
     fake_tool(fake_bin, "mariadb-dump",
-              "case \"$1\" in --defaults-file=*) ;; *) exit 9;; esac\n"
-              "printf -- '-- MariaDB dump\\nCREATE TABLE t (x int);\\n'\n")
+              FAKE_DUMP_INFO + "printf -- '-- MariaDB dump\\nCREATE TABLE `t` (x int);\\n'\n")
     source = MysqlDatabase(MysqlSource(provider="mysql", label="m", db_name="x"))
     with pytest.raises(DumpError, match="lacks the end-of-dump trailer"):
         await collect(source, tmp_path)
@@ -155,7 +171,8 @@ async def test_secrets_in_tool_errors_are_redacted(fake_bin: Path, tmp_path: Pat
     assert "pg_dump exited with status 1" in message
     assert "login as backup with ******** refused" in message and secret not in message
 
-    fake_tool(fake_bin, "mariadb-dump", 'cat "${1#--defaults-file=}" >&2; exit 2\n')
+    fake_tool(fake_bin, "mariadb", FAKE_MARIADB)
+    fake_tool(fake_bin, "mariadb-dump", FAKE_DUMP_INFO + 'cat "${1#--defaults-file=}" >&2; exit 2\n')
     mysql = MysqlDatabase(MysqlSource(provider="mysql", label="m", db_name="x",
                                       password=secret))
     with pytest.raises(DumpError) as caught_mysql:
