@@ -18,7 +18,7 @@ import hashlib
 import io
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from .errors import DriveError, RestoreError
@@ -49,6 +49,19 @@ async def verified(chunks: AsyncIterator[bytes], *, size: int, sha256: str,
             f"{where} does not match the backup: expected {size} bytes with SHA-256 {sha256}, "
             f"got {seen} bytes with {actual}; nothing was restored (try another drive with "
             "--drive)")
+
+
+async def explained(error: RestoreError, reopen: Callable[[], AsyncIterator[bytes]], *,
+                    size: int, sha256: str, where: str) -> RestoreError:
+    """A copy that does not decode is usually a copy that is not the backup's file: the
+    checksum's verdict when it says so (one more read, on this failure path only), else
+    ``error``."""
+    try:
+        async for _ in verified(reopen(), size=size, sha256=sha256, where=where):
+            pass
+    except RestoreError as mismatch:
+        return mismatch
+    return error
 
 
 class _Feed(io.RawIOBase):

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from .catalog import persistent
-from .decoding import plain, verified
+from .decoding import explained, plain, verified
 from .drives.base import Drive
 from .errors import ConflictError, RestoreError
 from .models import Backup, Status, Verification, utcnow
@@ -159,7 +159,11 @@ async def drill(services: Services, backup: Backup, *, drive: str | None = None,
             problems = [f"the drill took longer than verify_timeout "
                         f"({source.config.verify_timeout:g} s)"]
         except RestoreError as failure:
-            problems = [f"the dump did not restore: {failure}"]
+            verdict = await explained(failure, lambda: chosen.download(path), size=backup.size,
+                                      sha256=backup.sha256,
+                                      where=f"the copy on drive {chosen.label!r} ({path})")
+            problems = [f"the dump did not restore: {verdict}" if verdict is failure
+                        else str(verdict)]
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch_folder, True)
         outcome = Verification.FAILED if problems else Verification.PASSED

@@ -51,7 +51,7 @@ from . import manifest as manifests
 from .catalog import Catalog
 from .compression import EXTENSIONS
 from .config import Settings
-from .decoding import plain, verified
+from .decoding import explained, plain, verified
 from .drives import build_drive
 from .drives.base import Drive, RemoteFile
 from .errors import ConflictError, DriveError, NotFoundError, RestoreError
@@ -360,16 +360,9 @@ def _stream(origin: Origin, backup: Backup, identities: Any) -> AsyncIterator[by
 
 
 async def _explained(error: RestoreError, origin: Origin, backup: Backup) -> RestoreError:
-    """A copy that does not decode is usually a copy that is not the backup's file: say
-    so when its checksum says so (one more read, on this failure path only)."""
     assert backup.size is not None and backup.sha256 is not None
-    try:
-        async for _ in verified(origin.open(), size=backup.size, sha256=backup.sha256,
-                                where=origin.description):
-            pass
-    except RestoreError as mismatch:
-        return mismatch
-    return error
+    return await explained(error, origin.open, size=backup.size, sha256=backup.sha256,
+                           where=origin.description)
 
 
 async def load_into_source(origin: Origin, backup: Backup, source: Source[Any],
