@@ -13,7 +13,7 @@ from backupmand.config import RetentionConfig
 from backupmand.drives.local import LocalFolder
 from backupmand.errors import DriveError
 from backupmand.models import Status, utcnow
-from backupmand.retention import prune
+from backupmand.retention import plan, prune
 from tests.helpers import base_config, run_cli, stored_names, write_config
 
 
@@ -233,3 +233,27 @@ def test_prune_with_retention_disabled_deletes_nothing(tmp_path: Path) -> None:
     result = run_cli("prune", config=config)
     assert result.returncode == 0 and "retention is not enabled" in result.stdout
     assert len(list((tmp_path / "drive").iterdir())) == 2 * 2, "two dumps, two manifests"
+
+
+async def test_a_lost_copy_never_protects_the_history(tmp_path, make_settings, open_runtime):
+    """The newest backup's only copy vanished from its drive: before deleting anything,
+    retention checks the copies it keeps, marks the lost one, and keeps the older good
+    backup that min_keep now protects."""
+    settings = make_settings(retention={"enabled": False, "by": "count", "value": 1,
+                                        "min_keep": 1})
+    async with open_runtime(settings) as runtime:
+        older, newest = await history(runtime, 2)
+        Path(newest.drive_files[0].path).unlink()
+        use_policy(runtime, by="count", value=1, min_keep=1)
+        preview = {v.backup.id: v for v in await plan(runtime.services, mark=False)}
+        assert preview[older.id].decision.keep, "the preview sees it too, marking nothing"
+        assert not (await runtime.catalog.get_backup(newest.id)).drive_files[0].missing
+        deleted = await prune(runtime.services)
+        assert deleted == []
+        left = {b.id: b for b in await runtime.catalog.list_backups()}
+        assert set(left) == {older.id, newest.id}
+        assert left[newest.id].drive_files[0].missing, "the lost copy is marked"
+        assert not left[older.id].drive_files[0].missing
+        # A third, good backup (retention runs after it): now both may go.
+        (third,) = await history(runtime, 1)
+        assert [b.id for b in await runtime.catalog.list_backups()] == [third.id]
