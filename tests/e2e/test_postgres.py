@@ -17,6 +17,7 @@ from backupmand.config import PostgresSource, Settings
 from backupmand.errors import DumpError, HealthError, RestoreError
 from backupmand.restore import restore_backup
 from backupmand.sources import build_source
+from backupmand.sources.pg_properties import EPILOGUE_END
 from backupmand.sources.postgres import PostgresDatabase
 from tests.backup_helpers import (
     AWKWARD_PASSWORD,
@@ -191,8 +192,8 @@ async def test_plain_round_trip(postgres_server: PostgresServer, app_db: str,
                                 catalog: Catalog, tmp_path: Path) -> None:
     settings = settings_for(postgres_server, app_db, tmp_path)
     backup_id, raw = await backup_of(postgres_server, catalog, settings, app_db, tmp_path)
-    assert raw.rstrip().splitlines()[-1].startswith(b"\\unrestrict") or (
-        b"-- PostgreSQL database dump complete" in raw[-300:])
+    assert b"-- PostgreSQL database dump complete" in raw
+    assert raw.endswith(EPILOGUE_END)  # the database's properties come after pg_dump's trailer
     target = "restored plain"
     try:
         description = await restore_backup(settings, catalog, backup_id, to_source="pg",
@@ -238,7 +239,7 @@ async def test_restore_refuses_a_non_empty_database_unless_forced(
     try:
         postgres_server.psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (42);",
                              db=target)
-        with pytest.raises(RestoreError, match=r"is not empty .*--force"):
+        with pytest.raises(RestoreError, match=r"is not empty: .*--force"):
             await restore_backup(settings, catalog, backup_id, to_source="pg", database=target)
         assert postgres_server.scalar(target, "SELECT x FROM keep") == "42"
 
@@ -275,7 +276,7 @@ async def test_failing_restore_raises_and_leaves_nothing(
     target = "never restored"
     with pytest.raises(RestoreError, match="no_such_table") as caught:
         await restore_backup(settings, catalog, backup.id, to_source="pg", database=target)
-    assert "nothing was committed" in str(caught.value)
+    assert "loading the dump into 'never restored'" in str(caught.value)
     assert not postgres_server.database_exists(target)  # created for the restore, dropped again
 
     # Into an existing empty database: the single transaction leaves it empty.
@@ -444,7 +445,7 @@ async def test_tls(postgres_server: PostgresServer, app_db: str, tmp_path: Path)
                              ssl_mode="verify-full")
         await verified.health()
         raw = await dump_bytes(verified, tmp_path / "work")
-        assert b"-- PostgreSQL database dump complete" in raw[-300:]
+        assert b"-- PostgreSQL database dump complete" in raw
         encrypted = await verified.admin_query(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();", database=app_db,
             variables={})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import Engine
+from .postgres import PostgresEngine
 from .sqlite import SqliteEngine
 
 ENGINES: dict[str, type[Engine]] = {
     SqliteEngine.name: SqliteEngine,
+    PostgresEngine.name: PostgresEngine,
 }
 
 __all__ = ["ENGINES", "Engine"]
