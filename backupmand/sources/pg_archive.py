@@ -195,7 +195,7 @@ class _BlockRows:
             self.carry = b""
             return data[end + len(self.end):]
         keep = len(self.end) - 1  # the block's end may straddle the next piece
-        last = data.rfind(b"\n\x00", 0, len(data) - keep)
+        last = data.rfind(b"\n\x00", 0, max(0, len(data) - keep))
         if last < 0:  # no header in sight: all of it is inside one row
             self.carry = data[max(0, len(data) - keep - 1):]
             return None

@@ -24,7 +24,17 @@ from .pg_sql import next_statement, tokens
 _HEADER = re.compile(r"^-- Name: (?P<name>.*); Type: (?P<type>[A-Z][A-Z ]*); Schema: .*$\n--\n",
                      re.M)
 #: What CREATE DATABASE's options may look like (pg_dump's own rendering).
-_OPTIONS = re.compile(r"WITH(?: [A-Z_]+ = (?:'(?:[^'\n]|'')*'|[A-Za-z0-9_]+|\"(?:[^\"\n]|\"\")*\"))+")
+_OPTIONS = re.compile(
+    r"WITH(?: (?:CONNECTION LIMIT|[A-Z_]+) = (?:'(?:[^'\n]|'')*'|-?[A-Za-z0-9_]+|\"(?:[^\"\n]|\"\")*\"))+")
+_IDENTIFIER = r'(?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)'
+#: The statements pg_dump writes about a database (nothing else is ever applied).
+_STATEMENT = re.compile(
+    r'(?:ALTER DATABASE :"DBNAME" (?:OWNER TO |SET |RESET |IS_TEMPLATE |ALLOW_CONNECTIONS |'
+    r"CONNECTION LIMIT |WITH )"
+    rf"|ALTER ROLE {_IDENTIFIER} IN DATABASE :\"DBNAME\" (?:SET |RESET )"
+    r'|COMMENT ON DATABASE :"DBNAME" IS '
+    r'|(?:GRANT|REVOKE) [A-Z, ]+ ON DATABASE :"DBNAME" (?:TO|FROM) '
+    rf'|SECURITY LABEL (?:FOR {_IDENTIFIER} )?ON DATABASE :"DBNAME" IS )')
 OPTIONS_MARK = "-- backupmand-create-database: "
 _DATABASE_TYPES = ("DATABASE", "DATABASE PROPERTIES")
 _ON_DATABASE_TYPES = ("COMMENT", "ACL", "SECURITY LABEL")
@@ -111,6 +121,8 @@ def parse_create_output(sql: str) -> DatabaseProperties:
             if not _OPTIONS.fullmatch(options):
                 raise PropertiesError(f"unexpected CREATE DATABASE options {options[:200]!r}")
             continue
+        if not _STATEMENT.match(retargeted):
+            raise PropertiesError(f"unexpected statement about the database: {retargeted[:200]!r}")
         statements.append(retargeted)
     if options is None:
         raise PropertiesError("the output holds no CREATE DATABASE statement")

@@ -43,6 +43,8 @@ CREATE DATABASE :"db" OWNER fid_owner TEMPLATE template0 ENCODING 'UTF8'
 ALTER DATABASE :"db" SET search_path = app, public;
 ALTER DATABASE :"db" SET "TimeZone" = 'Asia/Tokyo';
 ALTER DATABASE :"db" SET fidelity.flag = 'on, with a comma';
+ALTER DATABASE :"db" SET "DateStyle" = 'ISO, DMY';
+ALTER DATABASE :"db" CONNECTION LIMIT 50;
 ALTER ROLE "fid reader" IN DATABASE :"db" SET work_mem = '8MB';
 ALTER ROLE "Fid Writer ü" IN DATABASE :"db" SET search_path = "Mixed Schema ü", app;
 COMMENT ON DATABASE :"db" IS 'the awkward database: ''quotes'', ünïcödé, and a
@@ -332,8 +334,7 @@ class PostgresEngine(Engine):
     # ------------------------------------------------------------------ the awkward database
 
     def build(self, database: str) -> None:
-        self.pg.psql(DATABASE_SQL, variables={"db": database})
-        self.pg.psql(CONTENTS_SQL, db=database)
+        build_awkward(self.pg, database)
 
     def snapshot(self, database: str) -> dict[str, Any]:
         return snapshot(self.pg, database)
@@ -385,6 +386,13 @@ SELECT format('GRANT %I TO %I', 'fid reader', 'Fid Writer ü')
 SELECT format('ALTER ROLE %I SET statement_timeout = %L', 'fid_owner', '5min') \gexec
 SELECT format('COMMENT ON ROLE %I IS %L', 'fid_owner', 'owns the awkward database') \gexec
 """)
+
+
+def build_awkward(server: PostgresServer, database: str) -> None:
+    """Create the awkward database ``database`` (and the roles it needs) on ``server``."""
+    ensure_roles(server)
+    server.psql(DATABASE_SQL, variables={"db": database})
+    server.psql(CONTENTS_SQL, db=database)
 
 
 def _without_noise(schema_dump: str, database: str) -> str:
