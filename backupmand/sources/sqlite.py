@@ -210,10 +210,13 @@ class SqliteDatabase(Source[SqliteSource]):
                 timeout=3600,
             )
             await integrity_check(target)
-        except ProcessError as error:
+        except BaseException as error:
             if kept is not None:  # the target was not replaced: no copy of it is needed
-                await asyncio.to_thread(_remove_database_file, kept)
-            raise RestoreError(f"restore into {target} failed (it is as it was): {error}") from None
+                await shielded(asyncio.to_thread(_remove_database_file, kept))
+            if isinstance(error, ProcessError):
+                raise RestoreError(f"restore into {target} failed (it is as it was): "
+                                   f"{error}") from None
+            raise
         finally:
             await asyncio.to_thread(_remove_database_file, incoming)
         if kept is not None:
