@@ -727,3 +727,17 @@ async def test_drills_on_a_verify_target_and_stale_scratch(
                             verify_target={"host": "127.0.0.1", "port": free_port()})
     with pytest.raises(RestoreError, match="reaching the scratch server"):
         await unreachable.drill(_chunks(raw), scratch="backupmand_verify_nowhere", workdir=tmp_path)
+
+
+async def test_archives_pg_dump_compressed_itself_are_counted_too(
+    postgres_server: PostgresServer, awkward_db: str, tmp_path: Path,
+) -> None:
+    plain = pg_source(postgres_server, awkward_db, tmp_path)
+    _, expected = await dump_with_facts(plain, tmp_path / "plain")
+    compressed = pg_source(postgres_server, awkward_db, tmp_path, format="custom",
+                           options=["--compress=6"])
+    raw, facts = await dump_with_facts(compressed, tmp_path / "compressed")
+    assert facts.tables == expected.tables and facts.objects == expected.objects
+    inventory = await compressed.drill(_chunks(raw), scratch="backupmand_verify_compressed",
+                                       workdir=tmp_path)
+    assert inventory.tables == facts.tables and inventory.objects == facts.objects
