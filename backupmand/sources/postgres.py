@@ -683,12 +683,12 @@ class PostgresDatabase(ServerSource[PostgresSource]):
                                    "at the next start)")
         except ProcessError as error:
             raise RestoreError(f"reaching the scratch server {where} failed: {error}") from None
+        # A load that fails (or is cancelled) drops the database it created itself.
+        await self._load_new(chunks, name, workdir, env)
         try:
-            await self._load_new(chunks, name, workdir, env)
-            try:
-                return await self._inventory(name, env)
-            except (ProcessError, ValueError) as error:
-                raise RestoreError(f"counting the scratch database {name!r} failed: {error}") from None
+            return await self._inventory(name, env)
+        except (ProcessError, ValueError) as error:
+            raise RestoreError(f"counting the scratch database {name!r} failed: {error}") from None
         finally:
             with contextlib.suppress(ProcessError):
                 await shielded(self._drop(name, env))

@@ -741,3 +741,35 @@ async def test_archives_pg_dump_compressed_itself_are_counted_too(
     inventory = await compressed.drill(_chunks(raw), scratch="backupmand_verify_compressed",
                                        workdir=tmp_path)
     assert inventory.tables == facts.tables and inventory.objects == facts.objects
+
+
+async def test_force_waits_for_a_complete_load_before_it_ends_the_targets_sessions(
+    postgres_server: PostgresServer, app_db: str, tmp_path: Path,
+) -> None:
+    source = pg_source(postgres_server, app_db, tmp_path)
+    raw, _ = await dump_with_facts(source, tmp_path / "work")
+    target = "in use"
+    postgres_server.create_database(target)
+    postgres_server.psql("CREATE TABLE live (x int); INSERT INTO live VALUES (7);", db=target)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    cut = raw.index(b"\n-- Data for Name: ")
+    spoiled = raw[:cut] + b"\nSELECT no_such_function();\n" + raw[cut:]
+    try:
+        async with table_locked(postgres_server, target, "live"):
+            # A load that fails never disturbs the target or the sessions on it.
+            with pytest.raises(RestoreError, match="no_such_function"):
+                await source.restore(_chunks(spoiled), database=target, force=True,
+                                     workdir=workdir)
+            assert postgres_server.scalar("postgres", "SELECT count(*) FROM pg_stat_activity"
+                                          f" WHERE datname = '{target}'") == "1"
+            # A complete one ends them (the lock holder too) and takes the target's place.
+            await source.restore(_chunks(raw), database=target, force=True, workdir=workdir)
+        assert snapshot(postgres_server, target) == snapshot(postgres_server, app_db)
+        (kept,) = [name for (name,) in postgres_server.query(
+            "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'in use\\_\\_before\\_%'")]
+        assert postgres_server.scalar(kept or "", "SELECT x FROM live") == "7"
+    finally:
+        for (name,) in postgres_server.query(
+                "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'in use%'"):
+            postgres_server.drop_database(name or "")
