@@ -12,12 +12,9 @@ With ``--compress=0`` pg_dump writes every COPY row as a chunk of its own, then 
 chunk ``\\.\\n\\n\\n`` and the zero length. Rows never contain a NUL byte or a raw
 newline, so every row ends in ``\\n`` followed by the next chunk's sign byte ``\\x00``;
 walking the chunks in Python would cost a loop turn per row, so the rows are counted
-with one regular expression per piece (``\\n\\x00`` plus the 4 length bytes it consumes).
-A length byte can itself be ``\\n`` followed by ``\\x00`` (a row of 10 bytes, say): such a
-false match always lies 2 to 4 bytes after a true one — inside the header that the true
-match consumes — which is why the pattern consumes the header, and why a piece is only
-ever cut right at a true match (see ``_BlockRows``). The end of a block is the one place
-where the chunk ``\\.\\n\\n\\n`` is followed by the zero length.
+with ``bytes.count`` and one lookahead pattern for the rare false matches (a length byte
+can itself be ``\\n`` followed by ``\\x00``: see ``_BlockRows``). The end of a block is
+the one place where the chunk ``\\.\\n\\n\\n`` is followed by the zero length.
 
 ``count_archive`` reads the file while pg_dump is still writing it (``GrowingFile``), in a
 thread of its own, so that counting overlaps the dump; pg_dump rewrites the TOC in place
@@ -158,17 +155,22 @@ def read_toc(read: Callable[[int], bytes]) -> tuple[Archive, _Reader]:
 class _BlockRows:
     """Counts the rows of one uncompressed TABLE DATA block, fed in pieces.
 
-    Positions handed to the pattern are always *safe*: inside a row, or at a true
-    ``\\n\\x00`` (a row's end and the next header's sign byte). A ``\\n\\x00`` at ``p`` is
-    false exactly when there is another at ``p-2``, ``p-3`` or ``p-4`` (it is then a
-    length byte of the header after that one): true matches are at least 6 bytes apart,
-    and nothing but a header's own bytes lies within 4 bytes after a true match.
+    Every row ends with ``\n`` followed by the next chunk's sign byte ``\x00``, so the
+    rows are the occurrences of ``\n\x00`` (``bytes.count``) minus the false ones: a
+    chunk's length bytes can also hold ``\n\x00`` (a row of 10 bytes, of 2,560 to 2,815,
+    ...). A false occurrence always lies 2 to 4 bytes after another occurrence (inside
+    the header right after a row's end), and a true one never does: true ones are at
+    least 6 bytes apart and a header holds nothing else. So the false ones are counted
+    by the occurrence before them, with one lookahead pattern (``\n\x00`` followed
+    within 2 to 4 bytes by another) that only matches — and allocates — where they are.
+    A piece is counted up to a cut 14 bytes before its end; the rest waits for the
+    next piece, as the block's end marker may straddle them.
     """
 
     def __init__(self, int_size: int) -> None:
         self.int_size = int_size
         header = 1 + int_size
-        self.pattern = re.compile(rb"\n\x00.{%d}()" % int_size, re.S)
+        self.false_before = re.compile(rb"\n\x00(?=[\s\S]{0,%d}\n\x00)" % (int_size - 2))
         zero = b"\x00" * header
         terminator = b"\\.\n\n\n"
         # The terminator chunk's header, the terminator, the block's zero length.
@@ -191,27 +193,25 @@ class _BlockRows:
             data = data[self.header:]  # the first row's header: no row ends before it
         end = data.find(self.end)
         if end >= 0:
-            self.rows += len(self.pattern.findall(data, 0, end + self.header))
+            self.rows += self._true_rows(data, end)
             self.carry = b""
             return data[end + len(self.end):]
-        keep = len(self.end) - 1  # the block's end may straddle the next piece
-        last = data.rfind(b"\n\x00", 0, max(0, len(data) - keep))
-        if last < 0:  # no header in sight: all of it is inside one row
-            self.carry = data[max(0, len(data) - keep - 1):]
+        cut = len(data) - (len(self.end) - 1)
+        if cut <= 0:
+            self.carry = data
             return None
-        true = self._true_match(data, last)
-        self.rows += len(self.pattern.findall(data, 0, true + self.header + 1))
-        self.carry = data[max(true + self.header + 1, len(data) - keep - 1):]
+        self.rows += self._true_rows(data, cut)
+        self.carry = data[cut:]
         return None
 
-    def _true_match(self, data: bytes, position: int) -> int:
-        while True:
-            for back in range(2, self.int_size + 1):
-                if position - back >= 0 and data.startswith(b"\n\x00", position - back):
-                    position -= back
-                    break
-            else:
-                return position
+    def _true_rows(self, data: bytes, cut: int) -> int:
+        """True row ends among the occurrences that start before ``cut``."""
+        occurrences = data.count(b"\n\x00", 0, cut + 1)
+        # Matches never overlap (the pattern cannot overlap itself), so those that start
+        # at or after ``cut`` are exactly what a scan from ``cut`` finds.
+        false = (len(self.false_before.findall(data))
+                 - len(self.false_before.findall(data, cut)))
+        return occurrences - false
 
 
 def _skip_chunks(reader: _Reader, on_chunk: Callable[[bytes], None] | None = None) -> None:

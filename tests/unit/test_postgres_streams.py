@@ -198,6 +198,23 @@ def test_block_rows_counts_every_row_however_the_block_is_cut(rows: list[bytes],
     assert rest + block[position:] == b"NEXT"
 
 
+@pytest.mark.parametrize("lengths", [
+    [655370, 10, 655370],  # length bytes 0A 00 0A 00: two false matches in one header
+    [700000, 2600, 65546, 1, 10, 2815, 2560],
+    [1] * 5000,  # a table without columns: every row is a lone newline
+])
+@pytest.mark.parametrize("piece", [3, 4096, 1 << 20])
+def test_block_rows_with_long_rows(lengths: list[int], piece: int) -> None:
+    rows = [b"r" * (length - 1) + b"\n" for length in lengths]
+    block = _block(rows)
+    counter = _BlockRows(4)
+    rest = None
+    for start in range(0, len(block), piece):
+        assert rest is None
+        rest = counter.feed(block[start:start + piece])
+    assert rest == b"" and counter.rows == len(rows)
+
+
 def test_count_archive_reads_rows_objects_and_versions() -> None:
     rows = [b"1\n", b"0123456789"[:9] + b"\n", b"x" * 2600 + b"\n", b"\n"]
     archive = count_archive(_reader(_archive({"public.t": rows, "app.empty": []},
