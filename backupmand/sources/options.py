@@ -10,6 +10,8 @@ and are refused, at config validation and again before a dump:
   checks its trailer;
 - anything that changes where the tool connects or which credentials it uses
   (host, port, user, password, database, option files): those come from the config;
+- pg_dump's ``--inserts`` family: a dump's rows are counted in its COPY blocks (the
+  dump facts of SPEC §6.2), and INSERT statements are also far slower to load;
 - anything that ties the dump to its original database name (pg_dump ``-C``,
   mysqldump ``--databases`` / ``--all-databases``), which would make a restore into
   another database write into the original one;
@@ -39,6 +41,8 @@ _PG_REFUSED_SHORT = frozenset("CdfFhjpUWVZ?")
 _PG_REFUSED_LONG = (
     "file", "format", "jobs", "dbname", "host", "port", "username", "password", "create",
     "version", "help",
+    # Data as INSERT statements: the rows of a dump are counted in its COPY blocks.
+    "inserts", "column-inserts", "attribute-inserts", "rows-per-insert",
 )
 
 # mysqldump / mariadb-dump.

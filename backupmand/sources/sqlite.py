@@ -53,10 +53,14 @@ async def _tool() -> str:
 
 async def integrity_check(path: Path, *, timeout: float = 3600) -> None:
     """Raise ProcessError unless ``PRAGMA integrity_check`` answers exactly 'ok'."""
-    result = await process.run(
-        process.Command((await _tool(), "-bail", "-readonly", str(path), "PRAGMA integrity_check;")),
-        timeout=timeout,
-    )
+    try:
+        result = await process.run(
+            process.Command((await _tool(), "-bail", "-readonly", str(path),
+                             "PRAGMA integrity_check;")),
+            timeout=timeout,
+        )
+    except ProcessError as error:  # sqlite3 gives up on a badly damaged file
+        raise ProcessError(f"integrity_check failed: {error}") from None
     answer = result.stdout.decode("utf-8", "replace").strip()
     if answer != "ok":
         raise ProcessError(f"integrity_check failed: {answer[:500]}")
@@ -188,17 +192,26 @@ class SqliteDatabase(Source[SqliteSource]):
         workdir: Path, drop_old: bool = False,
     ) -> str:
         target = Path(database).expanduser().resolve() if database else self.path
-        occupied = await asyncio.to_thread(_has_tables, target)
-        if occupied and not force:
-            raise RestoreError(f"{target} already holds tables: use --force to replace it "
-                               "(the old file is kept beside it)")
+        state = await asyncio.to_thread(_target_state, target)
+        if state != "empty" and not force:
+            what = "already holds tables" if state == "tables" else "is not a database backupmand can read"
+            raise RestoreError(f"{target} {what}: use --force to replace it (the old file is "
+                               "kept beside it)")
         incoming = workdir / INCOMING_NAME
         kept: Path | None = None
+        aside = False  # the unreadable old file was moved to ``kept``, not copied
+        replaced = False
         try:
             await write_chunks(chunks, incoming)
             await integrity_check(incoming)  # before the target is touched
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-            if occupied and not drop_old:
+            if state == "unreadable":
+                # SQLite cannot open it, so neither copy nor load through it: move it
+                # (and its journal files) aside whole, and load into a new file.
+                kept = before_name(target)
+                await asyncio.to_thread(_move_database_file, target, kept)
+                aside = True
+            elif state == "tables" and not drop_old:
                 kept = before_name(target)
                 await self._copy(target, kept)
             await process.run(
@@ -209,13 +222,28 @@ class SqliteDatabase(Source[SqliteSource]):
                 ),
                 timeout=3600,
             )
+            replaced = True
             await integrity_check(target)
-        except ProcessError as error:
-            if kept is not None:  # the target was not replaced: no copy of it is needed
-                await asyncio.to_thread(_remove_database_file, kept)
-            raise RestoreError(f"restore into {target} failed (it is as it was): {error}") from None
+        except BaseException as error:
+            if kept is not None and not replaced:  # the old one is still the target's
+                if aside:
+                    await shielded(asyncio.to_thread(_remove_database_file, target))
+                    await shielded(asyncio.to_thread(_move_database_file, kept, target))
+                else:
+                    await shielded(asyncio.to_thread(_remove_database_file, kept))
+            if isinstance(error, ProcessError):
+                if replaced:
+                    raise RestoreError(f"{target} was restored but fails its integrity check"
+                                       + (f"; the replaced database is kept as {kept}" if kept
+                                          else "") + f": {error}") from None
+                raise RestoreError(f"restore into {target} failed (it is as it was): "
+                                   f"{error}") from None
+            raise
         finally:
             await asyncio.to_thread(_remove_database_file, incoming)
+        if kept is not None and aside and drop_old:
+            await asyncio.to_thread(_remove_database_file, kept)
+            kept = None
         if kept is not None:
             return f"{target} (the replaced database is kept as {kept})"
         return str(target)
@@ -255,15 +283,26 @@ def _shell_quote(path: Path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _has_tables(path: Path) -> bool:
+def _move_database_file(path: Path, destination: Path) -> None:
+    """Rename a database file and its journal files (an atomic rename each)."""
+    for suffix in ("", *_COMPANION_SUFFIXES):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{destination}{suffix}"))
+
+
+def _target_state(path: Path) -> str:
+    """empty (missing, empty or without tables), tables, or unreadable (not a database)."""
     if not path.exists() or path.stat().st_size == 0:
-        return False
+        return "empty"
     try:
         connection = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=30)
         try:
             row = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             connection.close()
-    except sqlite3.DatabaseError:
-        return True  # not a database we can read: never overwrite it silently
-    return bool(row and row[0])
+    except sqlite3.DatabaseError as error:
+        if getattr(error, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return "unreadable"  # never overwritten without --force
+        return "tables"  # locked or busy: a live database, handled through SQLite
+    return "tables" if row and row[0] else "empty"

@@ -17,6 +17,8 @@ from backupmand.config import PostgresSource, Settings
 from backupmand.errors import DumpError, HealthError, RestoreError
 from backupmand.restore import restore_backup
 from backupmand.sources import build_source
+from backupmand.sources.base import DumpFacts
+from backupmand.sources.pg_properties import EPILOGUE_END
 from backupmand.sources.postgres import PostgresDatabase
 from tests.backup_helpers import (
     AWKWARD_PASSWORD,
@@ -28,6 +30,8 @@ from tests.backup_helpers import (
     proc_cmdlines,
     store_backup,
 )
+from tests.e2e.fidelity.engines.postgres import build_awkward
+from tests.e2e.fidelity.engines.postgres import snapshot as snapshot_of
 from tests.servers._common import chown_tree, free_port, server_user
 from tests.servers.postgres import PostgresServer, quote_ident
 
@@ -191,8 +195,8 @@ async def test_plain_round_trip(postgres_server: PostgresServer, app_db: str,
                                 catalog: Catalog, tmp_path: Path) -> None:
     settings = settings_for(postgres_server, app_db, tmp_path)
     backup_id, raw = await backup_of(postgres_server, catalog, settings, app_db, tmp_path)
-    assert raw.rstrip().splitlines()[-1].startswith(b"\\unrestrict") or (
-        b"-- PostgreSQL database dump complete" in raw[-300:])
+    assert b"-- PostgreSQL database dump complete" in raw
+    assert raw.endswith(EPILOGUE_END)  # the database's properties come after pg_dump's trailer
     target = "restored plain"
     try:
         description = await restore_backup(settings, catalog, backup_id, to_source="pg",
@@ -238,7 +242,7 @@ async def test_restore_refuses_a_non_empty_database_unless_forced(
     try:
         postgres_server.psql("CREATE TABLE keep (x int); INSERT INTO keep VALUES (42);",
                              db=target)
-        with pytest.raises(RestoreError, match=r"is not empty .*--force"):
+        with pytest.raises(RestoreError, match=r"is not empty: .*--force"):
             await restore_backup(settings, catalog, backup_id, to_source="pg", database=target)
         assert postgres_server.scalar(target, "SELECT x FROM keep") == "42"
 
@@ -275,7 +279,7 @@ async def test_failing_restore_raises_and_leaves_nothing(
     target = "never restored"
     with pytest.raises(RestoreError, match="no_such_table") as caught:
         await restore_backup(settings, catalog, backup.id, to_source="pg", database=target)
-    assert "nothing was committed" in str(caught.value)
+    assert "loading the dump into 'never restored'" in str(caught.value)
     assert not postgres_server.database_exists(target)  # created for the restore, dropped again
 
     # Into an existing empty database: the single transaction leaves it empty.
@@ -444,7 +448,7 @@ async def test_tls(postgres_server: PostgresServer, app_db: str, tmp_path: Path)
                              ssl_mode="verify-full")
         await verified.health()
         raw = await dump_bytes(verified, tmp_path / "work")
-        assert b"-- PostgreSQL database dump complete" in raw[-300:]
+        assert b"-- PostgreSQL database dump complete" in raw
         encrypted = await verified.admin_query(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();", database=app_db,
             variables={})
@@ -478,3 +482,294 @@ async def test_health_ok(postgres_server: PostgresServer, app_db: str, tmp_path:
     await pg_source(postgres_server, app_db, tmp_path).health()
     with pytest.raises(HealthError, match="does not exist"):
         await pg_source(postgres_server, "no such db", tmp_path).health()
+
+
+# --------------------------------------------------------------------------- round two (SPEC §6)
+
+
+async def _chunks(data: bytes, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+async def dump_with_facts(source: PostgresDatabase, workdir: Path) -> tuple[bytes, DumpFacts]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    facts = DumpFacts()
+    raw = b"".join([chunk async for chunk in source.dump(workdir, facts)])
+    assert not list(workdir.iterdir())
+    return raw, facts
+
+
+@pytest.fixture(scope="module")
+def awkward_db(postgres_server: PostgresServer) -> Iterator[str]:
+    name = "awkward Ü 'db'"
+    build_awkward(postgres_server, name)
+    yield name
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def many_large_objects(postgres_server: PostgresServer) -> Iterator[str]:
+    name = "twenty_thousand_los"
+    postgres_server.create_database(name)
+    postgres_server.psql("SELECT count(lo_from_bytea(0, convert_to('lo ' || g, 'UTF8')))"
+                         " FROM generate_series(1, 20000) g;", db=name)
+    yield name
+    postgres_server.drop_database(name)
+
+
+@pytest.mark.parametrize("dump_format", ["plain", "custom"])
+async def test_twenty_thousand_large_objects_restore_on_default_settings(
+    postgres_server: PostgresServer, many_large_objects: str, tmp_path: Path, dump_format: str,
+) -> None:
+    assert postgres_server.scalar("postgres", "SHOW max_locks_per_transaction") == "64"
+    source = pg_source(postgres_server, many_large_objects, tmp_path, format=dump_format)
+    raw, facts = await dump_with_facts(source, tmp_path / "work")
+    assert facts.objects["large_objects"] == 20000
+    target = f"los restored {dump_format}"
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    try:
+        await source.restore(_chunks(raw), database=target, force=False, workdir=workdir)
+        assert postgres_server.scalar(target, "SELECT count(*) FROM pg_largeobject_metadata") == "20000"
+        assert postgres_server.scalar(
+            target, "SELECT convert_from(lo_get(max(oid)), 'UTF8') FROM pg_largeobject_metadata"
+        ) == "lo 20000"
+    finally:
+        postgres_server.drop_database(target)
+
+
+@contextlib.asynccontextmanager
+async def exported_snapshot(server: PostgresServer, db: str) -> AsyncIterator[tuple[str, Any]]:
+    """A session holding a REPEATABLE READ snapshot open: (its id, a query function)."""
+    session = await asyncio.create_subprocess_exec(
+        "psql", "-X", "-q", "-A", "-t", "-h", str(server.socket_dir), "-p", str(server.port),
+        "-U", server.superuser, "-d", db, "-v", "ON_ERROR_STOP=1",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    assert session.stdin is not None and session.stdout is not None
+
+    async def ask(sql: str) -> str:
+        assert session.stdin is not None and session.stdout is not None
+        session.stdin.write(sql.encode() + b"\n")
+        await session.stdin.drain()
+        return (await asyncio.wait_for(session.stdout.readline(), 60)).decode().strip()
+
+    snapshot_id = await ask("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_export_snapshot();")
+    try:
+        yield snapshot_id, ask
+    finally:
+        session.stdin.close()
+        await session.wait()
+
+
+@pytest.mark.parametrize("dump_format", ["plain", "custom"])
+async def test_row_counts_are_the_dumps_own_while_a_writer_runs(
+    postgres_server: PostgresServer, tmp_path: Path, dump_format: str,
+) -> None:
+    db = f"busy_{dump_format}"
+    postgres_server.create_database(db)
+    postgres_server.psql("""
+        CREATE TABLE busy (id bigserial PRIMARY KEY, pad text);
+        INSERT INTO busy (pad) SELECT repeat('x', 200) FROM generate_series(1, 50000);
+        CREATE TABLE quiet AS SELECT g AS id FROM generate_series(1, 1234) g;
+        CREATE PROCEDURE write_forever() LANGUAGE plpgsql AS $$
+        BEGIN LOOP INSERT INTO busy (pad) VALUES ('written during the dump'); COMMIT; END LOOP; END $$;
+    """, db=db)
+    writer = await asyncio.create_subprocess_exec(
+        "psql", "-X", "-q", "-h", str(postgres_server.socket_dir), "-p", str(postgres_server.port),
+        "-U", postgres_server.superuser, "-d", db, "-c", "CALL write_forever()",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with exported_snapshot(postgres_server, db) as (snapshot_id, ask):
+            at_snapshot = int(await ask("SELECT count(*) FROM busy;"))
+            source = pg_source(postgres_server, db, tmp_path, format=dump_format,
+                               options=[f"--snapshot={snapshot_id}"])
+            _, facts = await dump_with_facts(source, tmp_path / "pinned")
+        assert facts.tables == {"public.busy": at_snapshot, "public.quiet": 1234}
+        # Without a snapshot of ours: the counts are the rows the dump itself holds.
+        source = pg_source(postgres_server, db, tmp_path, format=dump_format)
+        raw, facts = await dump_with_facts(source, tmp_path / "own")
+        assert facts.tables["public.busy"] > at_snapshot  # the writer went on meanwhile
+        inventory = await source.drill(_chunks(raw), scratch=f"backupmand_verify_{db}",
+                                       workdir=tmp_path)
+        assert inventory.tables == facts.tables and inventory.objects == facts.objects
+    finally:
+        writer.terminate()
+        await writer.wait()
+        postgres_server.drop_database(db)
+
+
+def _role_attributes(server: PostgresServer) -> list[tuple[str | None, ...]]:
+    return server.query("postgres", """
+        SELECT r.rolname, r.rolcanlogin, r.rolcreatedb, r.rolconnlimit, r.rolvaliduntil,
+               (SELECT s.setconfig::text FROM pg_db_role_setting s
+                 WHERE s.setrole = r.oid AND s.setdatabase = 0),
+               shobj_description(r.oid, 'pg_authid'),
+               (SELECT string_agg(g.rolname, ',') FROM pg_auth_members m
+                  JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)
+          FROM pg_roles r WHERE r.rolname IN ('fid_owner', 'fid reader', 'Fid Writer ü')
+         ORDER BY 1""")
+
+
+@pytest.mark.parametrize("dump_format", ["plain", "custom"])
+async def test_a_new_server_gets_the_roles_from_the_globals_then_the_database(
+    postgres_server: PostgresServer, second_postgres_server: PostgresServer, awkward_db: str,
+    tmp_path: Path, dump_format: str,
+) -> None:
+    source = pg_source(postgres_server, awkward_db, tmp_path, format=dump_format)
+    raw, _ = await dump_with_facts(source, tmp_path / "work")
+    script = await source.dump_globals(tmp_path)
+    assert script is not None and b"PASSWORD" not in script
+    elsewhere = pg_source(second_postgres_server, "postgres", tmp_path, format=dump_format)
+    target = f"moved {dump_format}"
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    try:
+        if dump_format == "plain":  # the first run: without the roles the load fails
+            with pytest.raises(RestoreError, match=r'role ".*" does not exist'):
+                await elsewhere.restore(_chunks(raw), database=target, force=False, workdir=workdir)
+            assert not second_postgres_server.database_exists(target)
+        for _ in range(2):  # creates only what is missing: a second run changes nothing
+            await elsewhere.restore_globals(_chunks(script), workdir=workdir)
+            assert _role_attributes(second_postgres_server) == _role_attributes(postgres_server)
+        await elsewhere.restore(_chunks(raw), database=target, force=False, workdir=workdir)
+        assert snapshot_of(second_postgres_server, target) == snapshot_of(postgres_server, awkward_db)
+    finally:
+        second_postgres_server.drop_database(target)
+
+
+async def test_role_passwords_need_a_superuser(postgres_server: PostgresServer, awkward_db: str,
+                                               tmp_path: Path) -> None:
+    postgres_server.psql("ALTER ROLE \"Fid Writer ü\" PASSWORD 'writer-secret';")
+    source = pg_source(postgres_server, awkward_db, tmp_path, role_passwords=True)
+    script = await source.dump_globals(tmp_path)
+    assert script is not None and b"PASSWORD ''SCRAM-SHA-256$" in script
+    assert b"writer-secret" not in script
+    assert await pg_source(postgres_server, awkward_db, tmp_path, globals=False).dump_globals(
+        tmp_path) is None
+
+    name = "plain backup user"
+    if not postgres_server.query("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'"):
+        postgres_server.create_user(name, AWKWARD_PASSWORD, superuser=False)
+    postgres_server.psql(f'GRANT CONNECT ON DATABASE {quote_ident(awkward_db)} TO "{name}";')
+    weak = pg_source(postgres_server, awkward_db, tmp_path, user=name, password=AWKWARD_PASSWORD,
+                     role_passwords=True)
+    with pytest.raises(DumpError, match="role_passwords: true needs a superuser"):
+        await weak.dump_globals(tmp_path)
+    without = pg_source(postgres_server, awkward_db, tmp_path, user=name,
+                        password=AWKWARD_PASSWORD)
+    assert b"CREATE ROLE" in (await without.dump_globals(tmp_path) or b"")
+
+
+async def test_custom_archives_restore_in_parallel_under_any_name_and_replace_safely(
+    postgres_server: PostgresServer, awkward_db: str, tmp_path: Path,
+) -> None:
+    source = pg_source(postgres_server, awkward_db, tmp_path, format="custom", restore_jobs=3)
+    raw, facts = await dump_with_facts(source, tmp_path / "work")
+    assert facts.dump_format == "custom" and facts.tables["app.customers"] > 2000
+    expected = snapshot_of(postgres_server, awkward_db)
+    target = "custom copy"
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    try:
+        await source.restore(_chunks(raw), database=target, force=False, workdir=workdir)
+        assert snapshot_of(postgres_server, target) == expected
+        postgres_server.psql("CREATE TABLE public.changed (x int);", db=target)
+        await source.restore(_chunks(raw), database=target, force=True, workdir=workdir)
+        assert snapshot_of(postgres_server, target) == expected
+        (kept,) = [name for (name,) in postgres_server.query(
+            "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'custom copy\\_\\_before\\_%'")]
+        assert postgres_server.scalar(kept or "", "SELECT count(*) FROM public.changed") == "0"
+        assert list(workdir.iterdir()) == []  # the staged archive is gone
+    finally:
+        for (name,) in postgres_server.query(
+                "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'custom copy%'"):
+            postgres_server.drop_database(name or "")
+
+
+async def test_drills_on_a_verify_target_and_stale_scratch(
+    postgres_server: PostgresServer, second_postgres_server: PostgresServer, app_db: str,
+    tmp_path: Path,
+) -> None:
+    source = pg_source(postgres_server, app_db, tmp_path, options=["--no-owner"], verify_target={
+        "host": second_postgres_server.host, "port": second_postgres_server.port,
+        "password": second_postgres_server.password})
+    raw, facts = await dump_with_facts(source, tmp_path / "work")
+    before = {row[0] for row in postgres_server.query("postgres", "SELECT datname FROM pg_database")}
+    inventory = await source.drill(_chunks(raw), scratch="backupmand_verify_remote",
+                                   workdir=tmp_path)
+    assert inventory.tables == facts.tables and inventory.objects == facts.objects
+    assert not second_postgres_server.database_exists("backupmand_verify_remote")
+    assert {row[0] for row in postgres_server.query("postgres", "SELECT datname FROM pg_database")
+            } == before
+
+    # A scratch name that exists is not the drill's: refused, and left alone.
+    second_postgres_server.create_database("backupmand_verify_dead")
+    second_postgres_server.create_database("keep backupmand_verify_")
+    postgres_server.create_database("backupmand_verify_dead too")
+    try:
+        with pytest.raises(RestoreError, match="already exists"):
+            await source.drill(_chunks(raw), scratch="backupmand_verify_dead", workdir=tmp_path)
+        assert second_postgres_server.database_exists("backupmand_verify_dead")
+        dropped = await source.drop_stale_scratch("backupmand_verify_")
+        assert sorted(dropped) == ["backupmand_verify_dead", "backupmand_verify_dead too"]
+        assert second_postgres_server.database_exists("keep backupmand_verify_")
+        assert not postgres_server.database_exists("backupmand_verify_dead too")
+    finally:
+        for server, name in ((second_postgres_server, "backupmand_verify_dead"),
+                             (second_postgres_server, "keep backupmand_verify_"),
+                             (postgres_server, "backupmand_verify_dead too")):
+            server.drop_database(name)
+
+    unreachable = pg_source(postgres_server, app_db, tmp_path,
+                            verify_target={"host": "127.0.0.1", "port": free_port()})
+    with pytest.raises(RestoreError, match="reaching the scratch server"):
+        await unreachable.drill(_chunks(raw), scratch="backupmand_verify_nowhere", workdir=tmp_path)
+
+
+async def test_archives_pg_dump_compressed_itself_are_counted_too(
+    postgres_server: PostgresServer, awkward_db: str, tmp_path: Path,
+) -> None:
+    plain = pg_source(postgres_server, awkward_db, tmp_path)
+    _, expected = await dump_with_facts(plain, tmp_path / "plain")
+    compressed = pg_source(postgres_server, awkward_db, tmp_path, format="custom",
+                           options=["--compress=6"])
+    raw, facts = await dump_with_facts(compressed, tmp_path / "compressed")
+    assert facts.tables == expected.tables and facts.objects == expected.objects
+    inventory = await compressed.drill(_chunks(raw), scratch="backupmand_verify_compressed",
+                                       workdir=tmp_path)
+    assert inventory.tables == facts.tables and inventory.objects == facts.objects
+
+
+async def test_force_waits_for_a_complete_load_before_it_ends_the_targets_sessions(
+    postgres_server: PostgresServer, app_db: str, tmp_path: Path,
+) -> None:
+    source = pg_source(postgres_server, app_db, tmp_path)
+    raw, _ = await dump_with_facts(source, tmp_path / "work")
+    target = "in use"
+    postgres_server.create_database(target)
+    postgres_server.psql("CREATE TABLE live (x int); INSERT INTO live VALUES (7);", db=target)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    cut = raw.index(b"\n-- Data for Name: ")
+    spoiled = raw[:cut] + b"\nSELECT no_such_function();\n" + raw[cut:]
+    try:
+        async with table_locked(postgres_server, target, "live"):
+            # A load that fails never disturbs the target or the sessions on it.
+            with pytest.raises(RestoreError, match="no_such_function"):
+                await source.restore(_chunks(spoiled), database=target, force=True,
+                                     workdir=workdir)
+            assert postgres_server.scalar("postgres", "SELECT count(*) FROM pg_stat_activity"
+                                          f" WHERE datname = '{target}'") == "1"
+            # A complete one ends them (the lock holder too) and takes the target's place.
+            await source.restore(_chunks(raw), database=target, force=True, workdir=workdir)
+        assert snapshot(postgres_server, target) == snapshot(postgres_server, app_db)
+        (kept,) = [name for (name,) in postgres_server.query(
+            "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'in use\\_\\_before\\_%'")]
+        assert postgres_server.scalar(kept or "", "SELECT x FROM live") == "7"
+    finally:
+        for (name,) in postgres_server.query(
+                "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'in use%'"):
+            postgres_server.drop_database(name or "")

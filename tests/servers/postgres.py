@@ -132,10 +132,11 @@ class PostgresServer:
         return entry
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def start_server(prefix: str) -> tuple[PostgresServer, Path, str]:
+    """initdb and start a PostgreSQL 15 server on a free loopback port; the server, its
+    base folder and the system user that runs it (stop it with ``stop_server``)."""
     owner = server_user("postgres")
-    base = scratch_folder("backupmand-pg-", owner)
+    base = scratch_folder(prefix, owner)
     data, sockets, log = base / "data", base / "sock", base / "server.log"
     password = "super-" + secrets.token_hex(8)
     pwfile = base / "pwfile"
@@ -161,11 +162,33 @@ def postgres_server() -> Iterator[PostgresServer]:
         host="127.0.0.1", port=port, superuser="postgres", password=password,
         socket_dir=sockets, data_dir=data, log_file=log,
     )
+    return server, base, owner
+
+
+def stop_server(server: PostgresServer, base: Path, owner: str) -> None:
+    subprocess.run(
+        as_user(owner, [str(BIN / "pg_ctl"), "-D", str(server.data_dir), "-m", "fast", "-w",
+                        "stop"]),
+        capture_output=True, timeout=60, check=False,
+    )
+    remove_tree(base)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server, base, owner = start_server("backupmand-pg-")
     try:
         yield server
     finally:
-        subprocess.run(
-            as_user(owner, [str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            capture_output=True, timeout=60, check=False,
-        )
-        remove_tree(base)
+        stop_server(server, base, owner)
+
+
+@pytest.fixture(scope="session")
+def second_postgres_server() -> Iterator[PostgresServer]:
+    """Another, empty PostgreSQL server: no roles but its superuser, no databases of the
+    first one (a restore "on a new machine", a drill's verify_target)."""
+    server, base, owner = start_server("backupmand-pg2-")
+    try:
+        yield server
+    finally:
+        stop_server(server, base, owner)

@@ -130,8 +130,13 @@ async def collect(source: PostgresDatabase | MysqlDatabase, workdir: Path) -> by
 
 
 async def test_pg_dump_without_trailer_is_incomplete(fake_bin: Path, tmp_path: Path) -> None:
-    fake_tool(fake_bin, "pg_dump", "printf -- '--\\n-- PostgreSQL database dump\\n"
-                                   "CREATE TABLE t (x int);\\nCOPY t (x) FROM stdin;\\n1\\n'\n")
+    # The first call reads the database's own properties (--create), the second dumps.
+    fake_tool(fake_bin, "pg_dump",
+              "case \"$*\" in *--create*) printf -- '--\\n-- Name: x; Type: DATABASE; "
+              "Schema: -; Owner: o\\n--\\n\\nCREATE DATABASE x WITH TEMPLATE = template0;\\n'; "
+              "exit 0;; esac\n"
+              "printf -- '--\\n-- PostgreSQL database dump\\n"
+              "CREATE TABLE t (x int);\\nCOPY t (x) FROM stdin;\\n1\\n'\n")
     source = PostgresDatabase(PostgresSource(provider="postgres", label="p", db_name="x"))
     with pytest.raises(DumpError, match="lacks the end-of-dump trailer"):
         await collect(source, tmp_path)

@@ -158,7 +158,9 @@ async def test_drill_counts_what_the_dump_held_and_leaves_nothing(case: Case) ->
         pass
     assert facts.tables == case.engine.row_counts(case.original)
     assert sorted(facts.objects) == sorted(OBJECT_KINDS)
-    assert facts.objects["tables"] == len(facts.tables)
+    # Every table with rows of its own is a table; not every table has rows of its own
+    # (a partitioned table's rows are its partitions').
+    assert len(facts.tables) <= facts.objects["tables"]
     assert facts.server_version and facts.tool and facts.tool_version
 
     scratch = case.name("backupmand_verify_fidelity")
