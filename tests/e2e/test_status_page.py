@@ -1,12 +1,11 @@
 """The status page in a real browser (headless Chromium through Playwright) against a real
-daemon whose catalog holds a finished, drilled source and a failed one.
+daemon whose catalog holds a finished source drilled for real and a failed one.
 
 JavaScript is off in every browser context: the page must work without it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import http.server
@@ -19,8 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backupmand.catalog import Catalog
-from backupmand.models import rfc3339, utcnow
+from backupmand.models import rfc3339
 from backupmand.schedule import next_fire_times, parse_cron
 from backupmand.web.session import SESSION_COOKIE, SESSION_LIFETIME
 from backupmand.web.view import human_size
@@ -34,13 +32,17 @@ DRIVE = "Vault disk"
 LABELS = (FINISHED, FAILED, DRIVE)
 
 
-async def record_passed_drill(catalog_path: Path, backup_id: str) -> None:
-    """Record a passed drill the way drills.drill does, through the catalog the daemon
-    shares (WAL). SQLite sources cannot be drilled on this branch yet (Source.drill is
-    the PostgreSQL/SQLite round's), and the page only reads what a drill records."""
-    async with Catalog.open("sqlite", catalog_path) as catalog:
-        await catalog.update_backup(backup_id, verification="passed", verified_at=utcnow(),
-                                    verify_error=None)
+def drill(server: Any, backup_id: str, timeout: float = 60) -> dict[str, Any]:
+    """A real restore drill through the daemon's API; the backup once it is recorded."""
+    status, body = server.request("POST", f"/api/backups/{backup_id}/verify")
+    assert status == 202, body
+    deadline = time.monotonic() + timeout
+    while True:
+        status, backup = server.request("GET", f"/api/backups/{backup_id}")
+        if backup["Verification"] is not None:
+            return backup  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, "the drill did not end"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +70,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         backups = {item["Label"]: item for item in map(server.wait_backup, body["BackupIds"])}
         assert backups[FINISHED]["Status"] == "finished" and backups[FAILED]["Status"] == "failed"
         finished_id = backups[FINISHED]["Id"]
-        asyncio.run(record_passed_drill(Path(document["database"]["db_path"]), finished_id))
-        status, verified = server.request("GET", f"/api/backups/{finished_id}")
-        assert status == 200 and verified["Verification"] == "passed", verified
+        verified = drill(server, finished_id)
+        assert verified["Verification"] == "passed", verified
         next_run = next_fire_times(parse_cron(cron, ZONE), 1)[0]
         yield {"server": server, "finished": verified, "failed": backups[FAILED],
                "next_run": rfc3339(next_run), "tmp": tmp}
