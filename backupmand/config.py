@@ -552,11 +552,10 @@ class UploadsConfig(Model):
     attempts: int = Field(default=5, ge=1, le=100)
     initial_backoff: float = Field(default=2.0, ge=0)
     max_backoff: float = Field(default=60.0, ge=0)
-    #: Send the dump to the drives while it runs (false: dump first, then upload).
+    #: Send the dump to the drives while it runs (false: dump first, then upload). The
+    #: drives read the stage file as it grows, so a slow drive never holds the dump or
+    #: the other drives up, and no buffer in memory can fill: there is none to size.
     stream: bool = True
-    #: Bytes a drive may fall behind the dump before it drops out of the stream (it is
-    #: then uploaded from the stage file once the dump ends).
-    stream_buffer: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
 
 
 class BackupJob(Model):
