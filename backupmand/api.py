@@ -187,29 +187,38 @@ async def list_backups(request: web.Request) -> web.Response:
 
 @routes.post("/api/backups")
 async def start_backups(request: web.Request) -> web.Response:
+    body = await _body_object(request, {"Sources"}, '{"Sources": [...]}')
     labels: list[str] | None = None
-    if request.can_read_body:
-        raw = await request.read()
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidInputError("the body must be JSON") from None
-            except RecursionError:  # arrays in arrays, 100,000 deep
-                raise InvalidInputError("the body is nested too deeply") from None
-            if not isinstance(body, dict):
-                raise InvalidInputError('the body must be a JSON object like {"Sources": [...]}')
-            extra = sorted(set(body) - {"Sources"})
-            if extra:
-                raise InvalidInputError(f"unknown field(s): {', '.join(extra)}")
-            sources = body.get("Sources")
-            if sources is not None:
-                if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-                    raise InvalidInputError("Sources must be a list of data source labels")
-                labels = sources or None
+    sources = body.get("Sources")
+    if sources is not None:
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise InvalidInputError("Sources must be a list of data source labels")
+        labels = sources or None
     backups = await request.app[RUNTIME].start_backups(labels)
     return web.json_response(
         {"Message": "Backup started", "BackupIds": [backup.id for backup in backups]})
+
+
+async def _body_object(request: web.Request, fields: set[str], example: str) -> dict[str, Any]:
+    """A request's optional JSON object body ({} when there is none); InvalidInputError
+    for anything else, or for a field not in ``fields``."""
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError("the body must be JSON") from None
+    except RecursionError:  # arrays in arrays, 100,000 deep
+        raise InvalidInputError("the body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError(f"the body must be a JSON object like {example}")
+    extra = sorted(set(body) - fields)
+    if extra:
+        raise InvalidInputError(f"unknown field(s): {', '.join(extra)}")
+    return body
 
 
 @routes.get("/api/backups/{id}")
@@ -226,37 +235,19 @@ async def retry_backup(request: web.Request) -> web.Response:
 
 @routes.post("/api/backups/{id}/verify")
 async def verify_backup(request: web.Request) -> web.Response:
-    drive = None
-    if request.can_read_body:
-        raw = await request.read()
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidInputError("the body must be JSON") from None
-            if not isinstance(body, dict) or set(body) - {"Drive"}:
-                raise InvalidInputError('the body must be a JSON object like {"Drive": "label"}')
-            drive = body.get("Drive")
-            if drive is not None and not isinstance(drive, str):
-                raise InvalidInputError("Drive must be a drive's label")
+    body = await _body_object(request, {"Drive"}, '{"Drive": "label"}')
+    drive = body.get("Drive")
+    if drive is not None and not isinstance(drive, str):
+        raise InvalidInputError("Drive must be a drive's label")
     await request.app[RUNTIME].start_verify(request.match_info["id"], drive=drive)
     return web.json_response({"Message": "Verification started"}, status=202)
 
 
 async def _pin(request: web.Request, pinned: bool) -> web.Response:
-    note = None
-    if pinned and request.can_read_body:
-        raw = await request.read()
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidInputError("the body must be JSON") from None
-            if not isinstance(body, dict) or set(body) - {"Note"}:
-                raise InvalidInputError('the body must be a JSON object like {"Note": "why"}')
-            note = body.get("Note")
-            if note is not None and (not isinstance(note, str) or len(note) > 1000):
-                raise InvalidInputError("Note must be a string of at most 1000 characters")
+    body = await _body_object(request, {"Note"} if pinned else set(), '{"Note": "why"}')
+    note = body.get("Note")
+    if note is not None and (not isinstance(note, str) or len(note) > 1000):
+        raise InvalidInputError("Note must be a string of at most 1000 characters")
     backup = await request.app[RUNTIME].catalog.update_backup(
         request.match_info["id"], pinned=pinned, pin_note=note)
     return web.json_response(backup.to_api())
