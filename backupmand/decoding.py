@@ -19,9 +19,15 @@ import io
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DriveError, RestoreError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .config import Settings, SourceBase
+    from .models import Backup
 
 BLOCK = 1024 * 1024
 _END = b""
@@ -201,6 +207,33 @@ async def plain(chunks: AsyncIterator[bytes], *, compression: str, encrypted: bo
         chunks = decrypt_stream(chunks, identities, recipients=recipients)
     async for block in decompressed(chunks, compression):
         yield block
+
+
+async def identities_for(settings: Settings, backup: Backup, *, source: SourceBase | None,
+                         identity: Path | None) -> Any:
+    """The age identities that decrypt ``backup`` (read now, never logged), or None when
+    it is not encrypted: ``identity`` (--identity), else the source's
+    ``encryption.identity_file``, else the top level's. RestoreError in one sentence when
+    there is none or it cannot be used (loose permissions included)."""
+    if not backup.encrypted:
+        return None
+    if identity is None:
+        for encryption in (settings.encryption_for(source) if source is not None else None,
+                           settings.encryption):
+            if encryption is not None and encryption.identity_file is not None:
+                identity = encryption.identity_file
+                break
+    if identity is None:
+        raise RestoreError(missing_identity(backup.recipients))
+    from . import logs
+    from .encryption import load_identities
+
+    try:
+        identities = await asyncio.to_thread(load_identities, identity.expanduser())
+    except (OSError, ValueError) as error:
+        raise RestoreError(f"cannot use the identity file {identity}: {error}") from None
+    logs.register_secrets(identities.secrets())
+    return identities
 
 
 def missing_identity(recipients: Sequence[str]) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from .catalog import persistent
-from .decoding import explained, plain, verified
+from .decoding import explained, identities_for, plain, verified
 from .drives.base import Drive
 from .errors import ConflictError, RestoreError
 from .models import Backup, Status, Verification, utcnow
@@ -98,31 +98,6 @@ async def choose_drive(services: Services, backup: Backup,
                        + (f" ({'; '.join(reasons)})" if reasons else ""))
 
 
-async def _identities(services: Services, backup: Backup, identity: Path | None) -> Any:
-    if not backup.encrypted:
-        return None
-    settings = services.settings
-    if identity is None:
-        source = settings.source(backup.label)
-        encryption = settings.encryption_for(source) or settings.encryption
-        identity = encryption.identity_file if encryption is not None else None
-        if identity is None and settings.encryption is not None:
-            identity = settings.encryption.identity_file
-    if identity is None:
-        from .decoding import missing_identity
-
-        raise RestoreError(missing_identity(backup.recipients))
-    from . import logs
-    from .encryption import load_identities
-
-    try:
-        identities = await asyncio.to_thread(load_identities, identity.expanduser())
-    except (OSError, ValueError) as error:
-        raise RestoreError(f"cannot use the identity file {identity}: {error}") from None
-    logs.register_secrets(identities.secrets())
-    return identities
-
-
 async def drill(services: Services, backup: Backup, *, drive: str | None = None,
                 identity: Path | None = None) -> Backup:
     """Drill one finished backup (the caller holds its source's lock); record and tell
@@ -135,7 +110,8 @@ async def drill(services: Services, backup: Backup, *, drive: str | None = None,
     if source is None:
         raise RestoreError(f"data source {backup.label!r} is no longer configured")
     assert backup.size is not None and backup.sha256 is not None
-    identities = await _identities(services, backup, identity)
+    identities = await identities_for(services.settings, backup, identity=identity,
+                                      source=source.config)
     chosen, path = await choose_drive(services, backup, drive)
     with structlog.contextvars.bound_contextvars(backup_id=backup.id, label=backup.label,
                                                  drive=chosen.label), persistent():

@@ -51,7 +51,7 @@ from . import manifest as manifests
 from .catalog import Catalog
 from .compression import EXTENSIONS
 from .config import Settings
-from .decoding import explained, plain, verified
+from .decoding import explained, identities_for, plain, verified
 from .drives import build_drive
 from .drives.base import Drive, RemoteFile
 from .errors import ConflictError, DriveError, NotFoundError, RestoreError
@@ -128,7 +128,8 @@ async def restore_backup(settings: Settings, catalog: Catalog, backup_id: str | 
         source: Source[Any] | None = None
         if request.to_source is not None:
             source = _target_source(settings, request.to_source, backup)
-        identities = await _identities(settings, request, backup, source)
+        identities = await identities_for(settings, backup, identity=request.identity,
+                                          source=source.config if source else None)
         what = (f"backup {backup.id} of {backup.label!r} ({rfc3339(backup.created_at)}) "
                 f"from {origin.description}")
         if source is not None:
@@ -170,33 +171,6 @@ def _target_source(settings: Settings, label: str, backup: Backup) -> Source[Any
             f"backup {backup.id} is a {engine(backup.source_provider)} dump; data source "
             f"{label!r} is {engine(config.provider)}: it cannot be loaded there")
     return build_source(config)
-
-
-async def _identities(settings: Settings, request: Request, backup: Backup,
-                source: Source[Any] | None) -> Any:
-    """The age identities for an encrypted backup (read now, never logged), or None."""
-    if not backup.encrypted:
-        return None
-    path = request.identity
-    if path is None:
-        encryption = (settings.encryption_for(source.config) if source is not None
-                      else settings.encryption)
-        if encryption is None or encryption.identity_file is None:
-            encryption = settings.encryption
-        path = encryption.identity_file if encryption is not None else None
-    if path is None:
-        from .decoding import missing_identity
-
-        raise RestoreError(missing_identity(backup.recipients))
-    from . import logs
-    from .encryption import load_identities
-
-    try:
-        identities = await asyncio.to_thread(load_identities, path.expanduser())
-    except (OSError, ValueError) as error:
-        raise RestoreError(f"cannot use the identity file {path}: {error}") from None
-    logs.register_secrets(identities.secrets())
-    return identities
 
 
 # --------------------------------------------------------------------------- finding it

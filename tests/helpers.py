@@ -237,6 +237,16 @@ async def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.02) 
         await asyncio.sleep(interval)
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to ``path`` until the file system is full."""
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def small_filesystem(folder: Path, size: str = "4m") -> Iterator[bool]:
     """A tmpfs of ``size`` on ``folder`` (True), or False where mounting is not allowed."""

@@ -14,7 +14,7 @@ from backupmand.catalog import Catalog, persistent
 from backupmand.errors import CatalogError, ConflictError
 from backupmand.models import Status
 from backupmand.pipeline import INTERRUPTED
-from tests.helpers import base_config, daemon, make_sqlite, small_filesystem, write_config
+from tests.helpers import base_config, daemon, fill_disk, make_sqlite, small_filesystem, write_config
 
 
 async def test_concurrent_writes_never_interleave_transactions(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ async def test_a_full_disk_under_the_catalog_delays_the_outcome_and_health_says_
             (backup,) = await runtime.start_backups()
             await asyncio.wait_for(dumping.wait(), 30)
             filler = state / "filler"
-            await asyncio.to_thread(_fill, filler)
+            await asyncio.to_thread(fill_disk, filler)
             await asyncio.wait_for(refilled.wait(), 120)
             with pytest.raises(CatalogError, match="cannot be written"):
                 await catalog.probe()
@@ -114,15 +114,6 @@ async def test_a_full_disk_under_the_catalog_delays_the_outcome_and_health_says_
             (final,) = await runtime.wait([backup.id])
             assert final.status is Status.FINISHED, final.error
             await catalog.probe()
-
-
-def _fill(path: Path) -> None:
-    with open(path, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-        except OSError:
-            pass
 
 
 async def test_persistent_writes_retry_and_others_fail_at_once(tmp_path: Path) -> None:

@@ -15,20 +15,12 @@ from tests.helpers import (
     Daemon,
     base_config,
     child_env,
+    fill_disk,
     free_port,
     run_cli,
     small_filesystem,
     write_config,
 )
-
-
-def _fill(path: Path) -> None:
-    with open(path, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-        except OSError:
-            pass
 
 
 def test_a_clock_set_back_never_makes_retention_delete_the_newest_backup(tmp_path: Path) -> None:
@@ -80,7 +72,7 @@ async def test_a_tick_that_cannot_start_is_an_error_a_metric_and_a_notification(
             # Let one scheduled backup through, then fill the catalog's disk.
             await _wait_for_backups(server, 1)
             filler = state / "filler"
-            await asyncio.to_thread(_fill, filler)
+            await asyncio.to_thread(fill_disk, filler)
             failure = await _wait_for_event(webhook_receiver, "schedule_failed")
             body = json.loads(failure.body)
             assert body["Payload"]["Schedule"] == "backup_job"
