@@ -76,8 +76,9 @@ class Runtime:
         #: label -> (backup id, set once that backup let go of the source's lock)
         self._releases: dict[str, tuple[str, asyncio.Event]] = {}
         self.running: dict[str, str] = {}  # label -> step, for STATUS= and /health
-        #: Restore drills running in this process, by backup id.
+        #: Restore drills running in this process, by backup id, with their source's label.
         self._drills: dict[str, asyncio.Task[Any]] = {}
+        self._drill_labels: dict[str, str] = {}
         services.on_progress = self._on_progress
 
     # ------------------------------------------------------------------ life cycle
@@ -260,6 +261,8 @@ class Runtime:
         busy: list[str] = []
         for label in self.source_labels(labels):
             lock = await self._acquire(label)
+            if lock is None and await self._stop_drills_of(label):
+                lock = await self._acquire(label)
             if lock is None:
                 busy.append(label)
                 log.info("backup.skipped", label=label, reason="a backup of it is in flight")
@@ -397,6 +400,27 @@ class Runtime:
     def drilling(self, backup_id: str) -> bool:
         return backup_id in self._drills
 
+    def _track_drill(self, backup_id: str, label: str, task: asyncio.Task[Any]) -> None:
+        self._drills[backup_id] = task
+        self._drill_labels[backup_id] = label
+
+    def _untrack_drill(self, backup_id: str) -> None:
+        self._drills.pop(backup_id, None)
+        self._drill_labels.pop(backup_id, None)
+
+    async def _stop_drills_of(self, label: str) -> bool:
+        """A backup has priority over a drill of the same source: stop this process's
+        drills of ``label`` (their scratch targets are dropped; the next verify tick
+        drills again). True when there was one."""
+        tasks = [task for backup_id, task in self._drills.items()
+                 if self._drill_labels.get(backup_id) == label]
+        for task in tasks:
+            log.info("verify.yielded", label=label, reason="a backup of the source starts")
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return bool(tasks)
+
     async def start_verify(self, backup_id: str, *, drive: str | None = None) -> None:
         """Start a drill in the background (the API's 202); ConflictError while a drill of
         that backup runs, NotFoundError / ConflictError for a backup that cannot be."""
@@ -422,9 +446,10 @@ class Runtime:
                 log.exception("verify.crashed", backup_id=backup_id, label=backup.label)
                 return None
             finally:
-                self._drills.pop(backup_id, None)
+                self._untrack_drill(backup_id)
 
-        self._drills[backup_id] = asyncio.create_task(run(), name=f"drill-{backup_id}")
+        self._track_drill(backup_id, backup.label,
+                          asyncio.create_task(run(), name=f"drill-{backup_id}"))
 
     async def verify_latest(self) -> list[Backup]:
         """Drill the latest finished backup of every source, one at a time (verify_job);
@@ -440,11 +465,16 @@ class Runtime:
                 continue
             try:
                 task = asyncio.create_task(self.verify(backup.id))
-                self._drills[backup.id] = task
+                self._track_drill(backup.id, label, task)
                 try:
                     results.append(await task)
                 finally:
-                    self._drills.pop(backup.id, None)
+                    self._untrack_drill(backup.id)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self.closing or (current is not None and current.cancelling()):
+                    raise
+                continue  # the drill yielded to a backup of the source: the next tick
             except ConflictError as error:
                 log.info("verify.skipped", label=label, reason=str(error))
             except RestoreError as error:

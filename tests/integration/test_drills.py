@@ -4,6 +4,7 @@ The PostgreSQL and MariaDB drills are in tests/e2e (their scratch databases)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -213,3 +214,31 @@ def test_sqlite_facts_are_the_copys_exact_counts(tmp_path: Path) -> None:
     assert manifest["Objects"]["tables"] == 2 and manifest["Objects"]["views"] == 1
     assert manifest["Objects"]["triggers"] == 1
     assert backup["RowCount"] == 37 and backup["TableCount"] == 2
+
+
+async def test_a_backup_has_priority_over_a_drill_of_its_source(
+    tmp_path, make_settings, open_runtime
+):
+    """A backup asked for while a drill of the same source runs stops the drill (its
+    scratch goes, nothing is recorded for it) and starts at once."""
+    settings = make_settings()
+    async with open_runtime(settings) as runtime:
+        backup = await backed_up(runtime)
+        source = runtime.services.sources["app"]
+        entered, release = asyncio.Event(), asyncio.Event()
+        original = source.drill
+
+        async def slow_drill(chunks: Any, *, scratch: str, workdir: Path) -> Any:
+            entered.set()
+            await release.wait()  # a long load
+            return await original(chunks, scratch=scratch, workdir=workdir)
+
+        source.drill = slow_drill  # type: ignore[method-assign]
+        await runtime.start_verify(backup.id)
+        await asyncio.wait_for(entered.wait(), 30)
+        (newer,) = await runtime.start_backups(["app"])
+        assert not runtime.drilling(backup.id), "the drill gave way"
+        (final,) = await runtime.wait([newer.id])
+        assert final.status is Status.FINISHED
+        assert (await runtime.catalog.get_backup(backup.id)).verification is None
+    assert not list((tmp_path / "dumps").glob(".backupmand-verify-*"))
