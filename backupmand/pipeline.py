@@ -510,8 +510,8 @@ async def settle(services: Services, backup: Backup) -> Backup:
     if failed:
         reason = "; ".join(f"upload to {f.drive} failed: {f.error}" for f in failed)
         if backup.dump_path:
-            for path in [backup.dump_path, *map(str, companion_paths(backup))]:
-                await keep_dump(path)
+            for kept_file in [backup.dump_path, *map(str, companion_paths(backup))]:
+                await keep_dump(kept_file)
         return await catalog.update_backup(backup.id, status=Status.FAILED, error=reason)
     # One write: nobody ever reads "finished" with a DumpPath about to vanish. Should
     # the process die before the file goes, recovery removes it (runtime.recover).
