@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
@@ -136,6 +137,12 @@ class Source(abc.ABC, Generic[ConfigT]):
         """Drop scratch targets whose name starts with ``prefix`` (left by a crash);
         return their names. Sources without a server have none."""
         return []
+
+
+def before_stamp(now: dt.datetime | None = None) -> str:
+    """The UTC stamp of ``<name>__before_<stamp>``, where a forced restore keeps what it
+    replaced: ISO 8601 basic format, ``20261201T103000Z``, the same for every engine."""
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 class TailCheck:

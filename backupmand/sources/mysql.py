@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime
 import re
 import shutil
 import tempfile
@@ -57,7 +56,7 @@ from ..config import MysqlSource
 from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ._shielded import shielded
 from ._streams import find_tool, peek
-from .base import DumpFacts, Inventory, ServerSource, TailCheck
+from .base import DumpFacts, Inventory, ServerSource, TailCheck, before_stamp
 from .mysql_client import (
     ADMIN_TIMEOUT,
     CLIENT_PACKET,
@@ -348,8 +347,7 @@ class MysqlDatabase(ServerSource[MysqlSource]):
     async def _load_and_replace(self, opened: Session, stream: AsyncIterator[bytes],
                                 target: str, defaults: DatabaseProperties | None,
                                 drop_old: bool) -> str | None:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        kept = f"{target}__before_{stamp}"
+        kept = f"{target}__before_{before_stamp()}"
         try:
             check_name(kept, "the name the replaced database would be kept under")
         except ValueError as error:

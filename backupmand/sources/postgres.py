@@ -78,7 +78,7 @@ from ..files import read_file
 from . import pg_globals
 from ._shielded import shielded
 from ._streams import find_tool, peek, write_chunks
-from .base import OBJECT_KINDS, DumpFacts, Inventory, ServerSource, TailCheck
+from .base import OBJECT_KINDS, DumpFacts, Inventory, ServerSource, TailCheck, before_stamp
 from .options import check_pg_dump_options
 from .pg_archive import ArchiveError, count_archive_file, read_toc
 from .pg_copy import PlainDumpCounter
@@ -159,9 +159,8 @@ def derived_name(base: str, suffix: str) -> str:
 
 
 def before_name(target: str, now: dt.datetime | None = None) -> str:
-    """``<target>__before_<UTC yyyymmddHHMMSS>``: where a forced restore keeps the old one."""
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    return derived_name(target, f"__before_{stamp}")
+    """``<target>__before_<UTC stamp>``: where a forced restore keeps the old one."""
+    return derived_name(target, f"__before_{before_stamp(now)}")
 
 
 def dump_versions(sql: str) -> tuple[str | None, str | None]:
@@ -631,8 +630,7 @@ class PostgresDatabase(ServerSource[PostgresSource]):
         where = self.where_for(env)
         old = before_name(target) if keep else derived_name(target, f"__replaced_{secrets.token_hex(4)}")
         while keep and await self._exists(old, env):  # two forced restores in one second
-            old = derived_name(target, f"__before_{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}_"
-                                       f"{secrets.token_hex(2)}")
+            old = derived_name(target, f"__before_{before_stamp()}_{secrets.token_hex(2)}")
         maintenance = self._maintenance(target)
         try:
             await self.admin_query(

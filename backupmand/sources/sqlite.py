@@ -33,7 +33,7 @@ from ..errors import DumpError, HealthError, ProcessError, RestoreError
 from ..files import read_file
 from ._shielded import shielded
 from ._streams import write_chunks
-from .base import OBJECT_KINDS, DumpFacts, Inventory, Source
+from .base import OBJECT_KINDS, DumpFacts, Inventory, Source, before_stamp
 
 SNAPSHOT_NAME = "snapshot.sqlite"
 INCOMING_NAME = "incoming.sqlite"
@@ -119,9 +119,8 @@ def _remove_database_file(path: Path) -> None:
 
 
 def before_name(target: Path, now: dt.datetime | None = None) -> Path:
-    """``<target>__before_<UTC yyyymmddHHMMSS>``: where a forced restore keeps the old file."""
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S")
-    return target.with_name(f"{target.name}__before_{stamp}")
+    """``<target>__before_<UTC stamp>``: where a forced restore keeps the old file."""
+    return target.with_name(f"{target.name}__before_{before_stamp(now)}")
 
 
 class SqliteDatabase(Source[SqliteSource]):

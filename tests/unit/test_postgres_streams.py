@@ -384,7 +384,7 @@ def test_derived_names_fit_postgres_identifiers() -> None:
     name = derived_name(long, "__restoring_abcd1234")
     assert len(name.encode()) <= NAME_BYTES and name.endswith("__restoring_abcd1234")
     assert name.encode().decode()  # never cut inside a character
-    assert re.fullmatch(r"app__before_\d{14}", before_name("app"))
+    assert re.fullmatch(r"app__before_\d{8}T\d{6}Z", before_name("app"))
 
 
 @pytest.mark.parametrize("option", ["--inserts", "--column-inserts", "--rows-per-insert=10",
