@@ -324,6 +324,26 @@ def _redact(text: str | None) -> str | None:
     return redact_text(text)
 
 
+async def _uninterrupted(work: Awaitable[T]) -> T:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile, then pass the
+    cancellation on. A transaction cut between BEGIN and COMMIT (aiosqlite's thread runs
+    the statement whether or not its awaiter is still there) would stay open on the one
+    connection, and every later write would fail with "cannot start a transaction within
+    a transaction" — among them the record of the cancelled backup's own failure."""
+    task = asyncio.ensure_future(work)
+    interrupted: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as error:
+            interrupted = error
+    if interrupted is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller gets
+        raise interrupted
+    return task.result()
+
+
 class Catalog:
     """An open catalog. Use ``async with Catalog.open(...)``."""
 
@@ -482,34 +502,38 @@ class Catalog:
         """Run ``work`` in one transaction of its own, under the write lock."""
         delay = RETRY_FIRST_DELAY
         while True:
-            async with self._write_lock:
-                try:
-                    await self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = await work(self._db)
-                        await self._db.execute("COMMIT")
-                    except BaseException:
-                        if self._db.in_transaction:
-                            with contextlib.suppress(sqlite3.Error):
-                                await self._db.execute("ROLLBACK")
-                        raise
-                except sqlite3.Error as error:
-                    if not _transient(error):
-                        raise CatalogError(f"the catalog refused {what}: {error}") from None
-                    if self.write_problem is None:
-                        log.error("catalog.write_failed", what=what, error=str(error),
-                                  retrying=_PERSISTENT.get())
-                    self.write_problem = str(error)
-                    if not _PERSISTENT.get():
-                        raise CatalogError(f"the catalog cannot be written ({error}): {what} "
-                                           "was not recorded") from None
-                else:
-                    if self.write_problem is not None:
-                        log.warning("catalog.write_recovered", what=what)
-                        self.write_problem = None
-                    return result
+            try:
+                result = await _uninterrupted(self._transaction(work))
+            except sqlite3.Error as error:
+                if not _transient(error):
+                    raise CatalogError(f"the catalog refused {what}: {error}") from None
+                if self.write_problem is None:
+                    log.error("catalog.write_failed", what=what, error=str(error),
+                              retrying=_PERSISTENT.get())
+                self.write_problem = str(error)
+                if not _PERSISTENT.get():
+                    raise CatalogError(f"the catalog cannot be written ({error}): {what} "
+                                       "was not recorded") from None
+            else:
+                if self.write_problem is not None:
+                    log.warning("catalog.write_recovered", what=what)
+                    self.write_problem = None
+                return result
             await self.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    async def _transaction(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await work(self._db)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
+                raise
+            return result
 
     async def _update_row(self, table: str, by_attr: dict[str, tuple[str, str]],
                           writable: set[str], identifier: str, fields: dict[str, Any]) -> None:

@@ -99,8 +99,12 @@ async def run_backup(
         except (DumpError, ProcessError) as error:
             backup = await catalog.fail_backup(backup.id, str(error))
         except asyncio.CancelledError:
-            with persistent(False), contextlib.suppress(CatalogError):
-                await asyncio.shield(catalog.fail_backup(backup.id, INTERRUPTED))
+            with persistent(False):
+                try:
+                    await asyncio.shield(catalog.fail_backup(backup.id, INTERRUPTED))
+                except CatalogError as error:
+                    # The next start's recovery records it failed.
+                    log.error("backup.interruption_not_recorded", error=str(error))
             log.warning("backup.interrupted", reason=INTERRUPTED)
             raise
         except Exception as error:

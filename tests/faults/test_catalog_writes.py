@@ -185,3 +185,21 @@ async def test_start_refuses_a_replaced_catalog(tmp_path, make_settings, open_ru
             await runtime.start_backups()
         with pytest.raises((CatalogError, ConflictError)):
             await runtime.catalog.probe()
+
+
+async def test_a_write_cancelled_at_any_point_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """aiosqlite runs BEGIN or COMMIT in its thread whether or not the awaiting task was
+    cancelled meanwhile; a write cut there must not leave the one connection inside a
+    transaction that refuses every later write (the cancelled backup's failure first)."""
+    async with Catalog.open("sqlite", tmp_path / "catalog.db") as catalog:
+        made = await catalog.create_backup(label="s", source_provider="sqlite", name="n",
+                                           compression="zstd")
+        for steps in range(12):  # cancel after 0, 1, 2 ... turns of the loop
+            writer = asyncio.ensure_future(catalog.update_backup(made.id, size=steps))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            writer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writer
+            await catalog.update_backup(made.id, size=1000 + steps)  # raised before the fix
+            assert (await catalog.get_backup(made.id)).size == 1000 + steps
