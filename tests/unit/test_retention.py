@@ -53,7 +53,8 @@ policies = st.builds(
 
 
 def newest_first(items: Iterable[Backup]) -> list[Backup]:
-    return sorted(items, key=lambda b: (b.created_at, b.id), reverse=True)
+    """Newest by the catalog's creation sequence, as retention orders them."""
+    return sorted(items, key=lambda b: b.seq, reverse=True)
 
 
 def per_label(items: Iterable[Backup]) -> dict[str, list[Backup]]:
@@ -178,7 +179,7 @@ def test_count_drops_failed_ones_superseded_by_kept_finished(
         finished = [b for b in group if b.status is Status.FINISHED]
         oldest_kept = finished[policy.value - 1] if len(finished) >= policy.value else None
         for failed in (b for b in group if b.status is Status.FAILED):
-            superseded = oldest_kept is not None and failed.created_at < oldest_kept.created_at
+            superseded = oldest_kept is not None and failed.seq < oldest_kept.seq
             assert (failed.id in expired) == superseded, failed
 
 
@@ -236,3 +237,13 @@ def test_count_example() -> None:
     assert [b.id[:8] for b in select_expired(history, policy, NOW)] == ["00000001", "00000002"]
     everything = RetentionConfig(enabled=True, by="count", value=1, min_keep=3)
     assert [b.id[:8] for b in select_expired(history, everything, NOW)] == ["00000002"]
+
+
+def test_count_orders_equal_timestamps_by_the_catalog_sequence() -> None:
+    """A failed backup recorded before a kept finished one at the same instant is superseded."""
+    at = dt.timedelta(hours=3)
+    failed = backup(0, "main", Status.FAILED, at)
+    kept = backup(1, "main", Status.FINISHED, at)
+    policy = RetentionConfig(enabled=True, by="count", value=1, min_keep=0)
+    assert ids(select_expired([failed, kept], policy, NOW)) == {failed.id}
+    assert ids(select_expired([dataclasses.replace(failed, seq=3), kept], policy, NOW)) == set()
