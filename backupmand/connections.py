@@ -65,7 +65,13 @@ def connection_limit(configured: int, open_files: int) -> int:
 
 
 class ConnectionGuard:
-    """The listener's protocol factory, holding connections to ``limit``."""
+    """The listener's protocol factory, holding connections to ``limit``.
+
+    The limit is applied when a connection is *made*, not when its protocol is created:
+    asyncio creates the protocols of a burst of accepted connections before any of them
+    is made (and counted by aiohttp), so a check at creation would let a burst of
+    connections arrive together go past the limit unnoticed.
+    """
 
     def __init__(self, limit: int) -> None:
         self.server: web.Server | None = None  # the runner's, once it is set up
@@ -77,20 +83,25 @@ class ConnectionGuard:
         self._reported = False
         self.evicted = 0
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> asyncio.Protocol:
         assert self.server is not None, "ConnectionGuard.server is set before listening"
+        return _Admission(self, self.server())
+
+    def admitted(self, newest: RequestHandler) -> None:
+        """``newest`` was just made (and counted): make room if that went over the limit."""
+        assert self.server is not None
         connections = self.server.connections  # oldest first
-        if len(connections) >= self.limit:
-            self._make_room(connections)
+        self._closing &= set(connections)
+        if len(connections) - len(self._closing) > self.limit:
+            self._make_room(connections, newest)
         elif self._reported and len(connections) < self.limit // 2:
             log.info("http.connection_limit_cleared", limit=self.limit, closed=self.evicted)
             self._reported = False
-        return self.server()
 
-    def _make_room(self, connections: list[RequestHandler]) -> None:
-        self._closing &= set(connections)
+    def _make_room(self, connections: list[RequestHandler], newest: RequestHandler) -> None:
         for handler in connections:
-            if handler not in self.busy and handler not in self._closing:
+            if handler is not newest and handler not in self.busy \
+                    and handler not in self._closing:
                 self._closing.add(handler)
                 handler.force_close()
                 self.evicted += 1
@@ -109,6 +120,34 @@ class ConnectionGuard:
             return await handler(request)
         finally:
             self.busy.discard(protocol)
+
+
+class _Admission(asyncio.Protocol):
+    """aiohttp's handler of one connection, told to the guard once the connection is made.
+    Everything else passes straight through to the handler."""
+
+    def __init__(self, guard: ConnectionGuard, handler: RequestHandler) -> None:
+        self.guard = guard
+        self.handler = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+        self.guard.admitted(self.handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self.handler.eof_received()  # None: the transport closes itself
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
 
 
 class ClientErrors(logging.Filter):
