@@ -10,13 +10,15 @@ checked: the restored table must hold as many rows as the source.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shlex
 import shutil
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from measure import Summary, Timed, first, run_timed
+from measure import Summary, Timed, first, parse_log, run_timed
 from report import MB, Row, log, ratio_summary, size_label, table
 
 if TYPE_CHECKING:
@@ -112,6 +114,7 @@ def peers(bench: Bench) -> None:
     backup_times: dict[str, list[float]] = {variant: [] for variant in backups}
     restore_times: dict[str, list[float]] = {variant: [] for variant in restores}
     sizes: dict[str, int] = {}
+    restore_phases: list[tuple[float, float, float, float]] = []
     for number in range(options.runs):
         shift = number % len(backups)
         order = [*backups[shift:], *backups[:shift]]
@@ -139,10 +142,11 @@ def peers(bench: Bench) -> None:
             os.sync()
             if variant == "backupmand":
                 timed = run_timed(bench.backupmand(
-                    "-c", str(mine / "config.yml"), "restore", backup_id, "--to-source",
-                    DATABASE, "--db-name", f"{DATABASE}_restored"),
+                    "--log-level", "debug", "-c", str(mine / "config.yml"), "restore",
+                    backup_id, "--to-source", DATABASE, "--db-name", f"{DATABASE}_restored"),
                     env=bench.env("after"), cwd=bench.trees["after"])
                 restored = f"{DATABASE}_restored"
+                restore_phases.append(_restore_phases(timed))
             elif variant == "by hand":
                 restored = f"{DATABASE}_by_hand"
                 line = (f"createdb -T template0 {restored} && zstd -dc {shlex.quote(str(stored))} "
@@ -224,6 +228,16 @@ def peers(bench: Bench) -> None:
                [[variant, restore_describe[variant],
                  Summary(tuple(restore_times[variant])).text("{:.2f}", " s"),
                  " ".join(f"{t:.2f}" for t in restore_times[variant])] for variant in restores]),
+        "",
+        "Where backupmand's restore goes (median seconds; it runs with `--log-level debug`, "
+        "whose `process.start` lines place its tools): *start-up* is the process's start to "
+        "its first tool (interpreter, imports, config, catalog, locating the copy); "
+        "*checks* from there to the load's psql (is the target there, is it empty, CREATE "
+        "DATABASE with the dump's options); *load* the psql that loads the stream, to "
+        "`restore.loaded`; *finish* the rest.",
+        "",
+        *table(["start-up", "checks", "load", "finish"],
+               [[f"{statistics.median(p[i] for p in restore_phases):.2f}" for i in range(4)]]),
     )
     bench.pg.drop_database(DATABASE)
     shutil.rmtree(base, ignore_errors=True)
@@ -240,3 +254,15 @@ def _versions() -> dict[str, str]:
                                 check=False, timeout=60)
         found[tool] = (result.stdout or result.stderr).strip().split()[-1]
     return found
+
+
+def _restore_phases(timed: Timed) -> tuple[float, float, float, float]:
+    """(start-up, checks, load, finish) of a `backupmand restore` run with debug logs."""
+    events = parse_log(timed.stderr)
+    starts = [event for event in events if event.name == "process.start"]
+    load = next(event for event in starts if " -f -" in event.fields.get("command", ""))
+    loaded = first(events, "restore.loaded")
+    ended = timed.started_at + dt.timedelta(seconds=timed.seconds)
+    return ((starts[0].at - timed.started_at).total_seconds(),
+            (load.at - starts[0].at).total_seconds(), (loaded.at - load.at).total_seconds(),
+            (ended - loaded.at).total_seconds())
