@@ -54,11 +54,14 @@ class Timed:
     peak_rss_kib: int | None  # VmHWM of the process itself, polled
     rusage_maxrss_kib: int | None  # wait4()'s ru_maxrss: the process *or* a reaped descendant
     stderr: str
+    #: CPU seconds (user + system) of the process and the children it reaped (pg_dump).
+    cpu_seconds: float = 0.0
+    stdout: str = ""
 
 
 def run_timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               cwd: Path | None = None, poll_rss: bool = False, timeout: float = 3600,
-              check: bool = True) -> Timed:
+              check: bool = True, capture_stdout: bool = False) -> Timed:
     """Start ``argv`` and wait for it; wall time from just before the fork to the reap.
 
     With ``poll_rss``, a thread reads ``VmHWM`` (the kernel's high-water mark of the
@@ -67,11 +70,12 @@ def run_timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     peak. ``wait4`` reports ru_maxrss too, but that one is the largest of the process
     and the descendants it reaped (pg_dump), so it is only an upper bound.
     """
-    with tempfile.TemporaryFile() as stderr:
+    with tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as stdout:
         started_at = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
         process = subprocess.Popen(list(argv), env=dict(env) if env is not None else None,
-                                   cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+                                   cwd=cwd, stderr=stderr,
+                                   stdout=stdout if capture_stdout else subprocess.DEVNULL)
         peak: list[int] = []
         poller: threading.Thread | None = None
         if poll_rss:
@@ -89,10 +93,29 @@ def run_timed(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
             poller.join()
         stderr.seek(0)
         text = stderr.read().decode("utf-8", "replace")
+        stdout.seek(0)
+        output = stdout.read().decode("utf-8", "replace")
     if check and process.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {process.returncode}:\n{text[-4000:]}")
     return Timed(started_at, seconds, process.returncode, max(peak) if peak else None,
-                 usage.ru_maxrss if poll_rss else None, text)
+                 usage.ru_maxrss if poll_rss else None, text,
+                 cpu_seconds=usage.ru_utime + usage.ru_stime, stdout=output)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads; with ``children``,
+    also those of the children it has reaped (a PostgreSQL server's finished backends)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    # Counting from the state (field 3 of proc(5)): utime, stime, cutime, cstime are
+    # fields 14 to 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
 
 
 _HWM = re.compile(rb"^VmHWM:\s+(\d+) kB", re.M)
@@ -146,3 +169,17 @@ def first(events: Sequence[Event], name: str) -> Event:
         if event.name == name:
             return event
     raise LookupError(f"no {name} event in the log")
+
+
+def run_phases(timed: Timed, events: Sequence[Event]) -> tuple[float, ...]:
+    """(start-up, dump, upload, finish, total) seconds of one `backupmand run`: process
+    start to ``backup.started``, ``dump.started`` to ``dump.finished``, from there to the
+    last ``upload.finished``, and from there to the process's end."""
+    started = first(events, "backup.started").at
+    dumped = first(events, "dump.finished")
+    uploaded = max(e.at for e in events if e.name == "upload.finished")
+    ended = timed.started_at + dt.timedelta(seconds=timed.seconds)
+    return ((started - timed.started_at).total_seconds(),
+            (dumped.at - first(events, "dump.started").at).total_seconds(),
+            (uploaded - dumped.at).total_seconds(), (ended - uploaded).total_seconds(),
+            timed.seconds)

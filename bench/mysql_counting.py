@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,62 +35,15 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from servers import MARIADB_FILL, Mariadb
+
 from backupmand import process  # (imports after the sys.path line: run as a script)
 from backupmand.config import MysqlSource
 from backupmand.sources import mysql_dump_stream
 from backupmand.sources.base import DumpFacts
 from backupmand.sources.mysql import MysqlDatabase
-from tests.servers._common import chown_tree, free_port, is_root, server_user
 
 DATABASE = "bench counting"
-FILL = """
-CREATE TABLE s (id INT PRIMARY KEY, a VARCHAR(255), b TEXT, c VARBINARY(64), n DECIMAL(12,3));
-INSERT INTO s SELECT seq, CONCAT('row ', seq, ' it''s a "quoted" ),( value \\\\ back'),
-    REPEAT(CONCAT('Zoë 🙂 ', MD5(seq), ' ),( x'), 3), UNHEX(SHA2(seq, 256)), seq / 7
-    FROM seq_1_to_{rows};
-"""
-
-
-class Server:
-    def __init__(self) -> None:
-        self.owner = server_user("mysql")
-        self.base = Path(tempfile.mkdtemp(prefix="bench-my-", dir="/tmp"))
-        self.base.chmod(0o755)
-        (self.base / "data").mkdir()
-        (self.base / "tmp").mkdir()
-        chown_tree(self.base, self.owner)
-        self.socket = self.base / "mysqld.sock"
-        self.port = free_port()
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.base / 'data'}",
-                        f"--user={self.owner}", "--auth-root-authentication-method=socket",
-                        "--skip-test-db"], check=True, capture_output=True)
-        argv = ["mariadbd", "--no-defaults", f"--datadir={self.base / 'data'}",
-                f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
-                f"--pid-file={self.base / 'pid'}", f"--log-error={self.base / 'error.log'}",
-                f"--tmpdir={self.base / 'tmp'}", "--skip-name-resolve", "--skip-log-bin",
-                "--innodb-buffer-pool-size=512M", "--innodb-flush-log-at-trx-commit=0"]
-        if is_root():
-            argv.append(f"--user={self.owner}")
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while self.sql("SELECT 1", check=False).returncode != 0:
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit("mariadbd did not start")
-            time.sleep(0.1)
-        self.password = "bench-" + os.urandom(6).hex()
-        self.sql(f"CREATE USER 'bench'@'%' IDENTIFIED BY '{self.password}';"
-                 "GRANT ALL ON *.* TO 'bench'@'%';")
-
-    def sql(self, text: str, *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-u",
-                               "root" if is_root() else self.owner,
-                               "--default-character-set=utf8mb4"],
-                              input=text.encode(), capture_output=True, check=check)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 async def consume(chunks: AsyncIterator[bytes]) -> int:
@@ -169,18 +120,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_200_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    server = Server()
+    server = Mariadb(Path(tempfile.mkdtemp(prefix="bench-my-", dir="/tmp")))
+    server.start()
     try:
         server.sql(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4;\nUSE `{DATABASE}`;\n"
-                   + FILL.format(rows=args.rows))
+                   + MARIADB_FILL.format(rows=args.rows))
         size = subprocess.run(
-            ["mariadb-dump", "--no-defaults", f"--socket={server.socket}", "-u",
-             "root" if is_root() else server.owner, "--single-transaction", "--hex-blob",
-             DATABASE], capture_output=True, check=True).stdout
+            ["mariadb-dump", "--no-defaults", f"--socket={server.socket}", "-u", server.admin,
+             "--single-transaction", "--hex-blob", DATABASE], capture_output=True,
+            check=True).stdout
         print(f"dump of {len(size) / 1e6:.0f} MB ({args.rows} rows)", flush=True)
         del size
         source = MysqlDatabase(MysqlSource(provider="mariadb", label="bench", db_name=DATABASE,
-                                           host="127.0.0.1", port=server.port, user="bench",
+                                           host=server.host, port=server.port, user=server.user,
                                            password=server.password))
         with tempfile.TemporaryDirectory() as folder:
             asyncio.run(rounds(source, Path(folder), args.rounds))

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -38,76 +39,37 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from measure import Event, Summary, Timed, first, parse_log, percentile, run_timed
-from servers import MOTO_ACCESS_KEY, MOTO_SECRET_KEY, MotoS3, Postgres, pg_dump_args, scratch
+import costs
+import memory_breakdown
+import peers
+import streaming
+from links import FakeDrive, Throttle
+from measure import (
+    Event,
+    Summary,
+    Timed,
+    cpu_seconds,
+    first,
+    parse_log,
+    percentile,
+    run_phases,
+    run_timed,
+)
+from report import GIB, MB, MIB, Report, Row, log, ratio_summary, size_label, table
+from servers import (
+    MOTO_ACCESS_KEY,
+    MOTO_SECRET_KEY,
+    Mariadb,
+    MotoS3,
+    Postgres,
+    pg_dump_args,
+    scratch,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 API_KEY = "bench-api-key-0123456789"
-GIB = 1024**3
-MIB = 1024**2
-MB = 1000**2
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# ---------------------------------------------------------------------------- results
-
-
-@dataclasses.dataclass
-class Row:
-    """One line of the figures table."""
-
-    key: str
-    figure: str
-    summary: Summary | None
-    fmt: str
-    unit: str
-    target: str
-    passed: bool | None  # None: not measured
-    note: str = ""
-
-    def cells(self) -> list[str]:
-        measured = self.summary.text(self.fmt, self.unit) if self.summary else "not measured"
-        verdict = "—" if self.passed is None else ("PASS" if self.passed else "MISS")
-        return [self.key, self.figure, measured, self.target, verdict]
-
-
-@dataclasses.dataclass
-class Section:
-    title: str
-    lines: list[str] = dataclasses.field(default_factory=list)
-
-
-class Report:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.sections: list[Section] = []
-
-    def row(self, row: Row) -> None:
-        self.rows.append(row)
-        measured = row.summary.text(row.fmt, row.unit) if row.summary else "not measured"
-        log(f"  {row.key} {row.figure}: {measured} (target {row.target})")
-
-    def section(self, title: str, *lines: str) -> Section:
-        section = Section(title, list(lines))
-        self.sections.append(section)
-        return section
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in rows]
-    return lines
-
-
-def ratio_summary(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
-    """Round by round ratios (each pair was measured side by side)."""
-    return Summary(tuple(n / d for n, d in zip(numerators, denominators, strict=True)))
 
 
 # ---------------------------------------------------------------------------- the bench
@@ -124,6 +86,10 @@ class Options:
     output: Path
     before: str | None
     keep: bool
+    link_rate: float  # bytes/s of each simulated link to a remote service
+    part_link_rate: float  # bytes/s per connection of 6c's link
+    part_upload_bytes: int  # the file of 6c
+    mariadb_bytes: int  # the MariaDB dump of figure 9
 
 
 class Bench:
@@ -137,6 +103,13 @@ class Bench:
         self.trees: dict[str, Path] = {"after": ROOT}
         self.dump_sizes: dict[str, int] = {}
         self.processes: list[subprocess.Popen[bytes]] = []
+        #: The simulated links and the Drive stand-in, started when a figure needs them.
+        self.s3_link: Throttle | None = None
+        self.gdrive: FakeDrive | None = None
+        self.gdrive_link: Throttle | None = None
+        self.mariadb: Mariadb | None = None
+        self.mariadb_rows = 0
+        self.helpers: list[Throttle | FakeDrive] = []
 
     # ------------------------------------------------------------------ set-up
 
@@ -168,6 +141,40 @@ class Bench:
             self.dump_sizes[name] = self.pg.make_database(name, target, log)
         return self.dump_sizes[name]
 
+    def remote(self) -> tuple[Throttle, FakeDrive, Throttle]:
+        """The S3 bucket and the Google Drive stand-in, each behind a link of its own."""
+        if self.s3_link is None or self.gdrive is None or self.gdrive_link is None:
+            rate = self.options.link_rate
+            log(f"starting the simulated links ({rate / 1e6:g} MB/s each) and the Drive stand-in")
+            self.s3_link = Throttle(("127.0.0.1", self.s3.port), self.work / "s3-link.log",
+                                    rate=rate).start()
+            self.helpers.append(self.s3_link)
+            self.gdrive = FakeDrive(self.work / "gdrive", self.work / "gdrive.log").start()
+            self.helpers.append(self.gdrive)
+            self.gdrive_link = Throttle(("127.0.0.1", self.gdrive.port),
+                                        self.work / "gdrive-link.log", rate=rate).start()
+            self.helpers.append(self.gdrive_link)
+            self.gdrive.behind(self.gdrive_link)
+        return self.s3_link, self.gdrive, self.gdrive_link
+
+    def clear_remote(self) -> None:
+        """Nothing kept between runs: moto and the Drive stand-in hold objects in RAM."""
+        self.s3.empty_bucket(self.bucket)
+        if self.gdrive is not None:
+            self.gdrive.clear()
+
+    def servers_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each server on the machine (not backupmand's)."""
+        used = {"PostgreSQL": cpu_seconds(self.pg.server_pid(), children=True)}
+        if self.s3.process is not None:
+            used["moto (S3)"] = cpu_seconds(self.s3.process.pid)
+        if self.s3_link is not None:
+            used["S3 link"] = self.s3_link.cpu()
+        if self.gdrive is not None and self.gdrive_link is not None:
+            used["Drive stand-in"] = self.gdrive.cpu()
+            used["Drive link"] = self.gdrive_link.cpu()
+        return used
+
     def teardown(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -177,6 +184,10 @@ class Bench:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        for helper in reversed(self.helpers):
+            helper.stop()
+        if self.mariadb is not None:
+            self.mariadb.stop()
         self.s3.stop()
         self.pg.stop()
 
@@ -186,15 +197,18 @@ class Bench:
         """A backupmand process's environment: its own tree first on the path, no libpq
         or AWS settings from the caller, no systemd variables, offline botocore."""
         env = {k: v for k, v in MotoS3.offline_env().items()
-               if not k.startswith("PG") and k not in (
+               if not k.startswith(("PG", "MALLOC_", "BENCH_")) and k not in (
                    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
                    "BACKUPMAND_CONFIG", "BACKUPMAND_LOG_LEVEL")}
         env["PYTHONPATH"] = str(self.trees[tree])
         return env
 
     @staticmethod
-    def backupmand(*args: str) -> list[str]:
-        """The CLI as a new process (the tree comes from PYTHONPATH and the working folder)."""
+    def backupmand(*args: str, launcher: str | None = None) -> list[str]:
+        """The CLI as a new process (the tree comes from PYTHONPATH and the working folder);
+        ``launcher``: a bench script that calls the CLI (uncounted.py, traced.py)."""
+        if launcher is not None:
+            return [sys.executable, str(Path(__file__).parent / launcher), *args]
         return [sys.executable, "-m", "backupmand", *args]
 
     def source(self, db: str, folder: Path) -> dict[str, Any]:
@@ -205,42 +219,51 @@ class Bench:
     def local_drive(self, label: str, folder: Path) -> dict[str, Any]:
         return {"provider": "local", "label": label, "folder": str(folder)}
 
-    def s3_drive(self) -> dict[str, Any]:
+    def s3_drive(self, endpoint: str | None = None, **keys: Any) -> dict[str, Any]:
+        """The bucket on moto (through ``endpoint``: a link in front of it, when given)."""
         return {"provider": "s3", "label": "s3", "bucket": self.bucket, "region": "us-east-1",
-                "endpoint": self.s3.endpoint, "force_path_style": True,
-                "access_key": MOTO_ACCESS_KEY, "secret_key": MOTO_SECRET_KEY}
+                "endpoint": endpoint or self.s3.endpoint, "force_path_style": True,
+                "access_key": MOTO_ACCESS_KEY, "secret_key": MOTO_SECRET_KEY, **keys}
 
     def config(self, folder: Path, *, db: str, compression: str = "zstd",
-               drives: Sequence[dict[str, Any]] | None = None, port: int = 0) -> Path:
-        """A fresh folder with a config (JSON is YAML) and nothing else."""
+               drives: Sequence[dict[str, Any]] | None = None, port: int = 0,
+               uploads: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
+               **top: Any) -> Path:
+        """A fresh folder with a config (JSON is YAML) and nothing else. ``source``:
+        keys for the source on top of :meth:`source`'s; ``top``: more top-level keys."""
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         document: dict[str, Any] = {
             "database": {"provider": "sqlite", "db_path": str(folder / "state" / "catalog.db")},
-            "data_sources": [self.source(db, folder)],
+            "data_sources": [{**self.source(db, folder), **(source or {})}],
             "drives": list(drives) if drives is not None else
             [self.local_drive("disk", folder / "drive")],
             "compression": compression,
-            "uploads": {"attempts": 1},  # a failure must show, not hide in a retry
+            # One attempt: a failure must show, not hide in a retry.
+            "uploads": {"attempts": 1, **(uploads or {})},
             "retention": {"enabled": False},
             "http": {"listen": "127.0.0.1", "port": port, "api_keys": [API_KEY],
                      "app_url": f"http://127.0.0.1:{port}",
                      "backup_job": {"enabled": False, "cron": "0 3 * * *"}},
+            **top,
         }
         path = folder / "config.yml"
         path.write_text(json.dumps(document, indent=2))
         return path
 
-    def run_backupmand(self, tree: str, folder: Path, **config: Any) -> tuple[Timed, list[Event]]:
+    def run_backupmand(self, tree: str, folder: Path, *, launcher: str | None = None,
+                       env: dict[str, str] | None = None, **config: Any
+                       ) -> tuple[Timed, list[Event]]:
         """`backupmand run` in a fresh folder: wall time, peak RSS, its log events."""
         path = self.config(folder, **config)
         os.sync()  # earlier runs' dirty pages are not this run's work
-        timed = run_timed(self.backupmand("-c", str(path), "run"), env=self.env(tree),
-                          cwd=self.trees[tree], poll_rss=True)
+        timed = run_timed(self.backupmand("-c", str(path), "run", launcher=launcher),
+                          env={**self.env(tree), **(env or {})}, cwd=self.trees[tree],
+                          poll_rss=True, check=False)
         events = parse_log(timed.stderr)
-        finished = first(events, "backup.finished")
-        if "error" in finished.fields:
-            raise RuntimeError(f"backup failed: {timed.stderr[-3000:]}")
+        finished = [event for event in events if event.name == "backup.finished"]
+        if timed.returncode != 0 or not finished or "error" in finished[0].fields:
+            raise RuntimeError(f"backup failed ({timed.returncode}): {timed.stderr[-3000:]}")
         return timed, events
 
     def run_shell(self, pipeline: str, folder: Path) -> float:
@@ -297,7 +320,7 @@ class Bench:
                     shutil.rmtree(folder, ignore_errors=True)
                     assert timed.peak_rss_kib is not None
                     rss[variant].append(timed.peak_rss_kib * 1024 / MB)
-                    phases[variant].append(_phases(timed, events))
+                    phases[variant].append(run_phases(timed, events))
                 times[variant].append(seconds)
                 log(f"  round {number + 1}: {variant} {seconds:.2f} s")
         pairs = [("1a", "zstd", "zstd -3 -T0", 1.05), ("1b", "gzip", "gzip -6", 1.0),
@@ -387,7 +410,7 @@ class Bench:
                 bounds[variant].append(timed.rusage_maxrss_kib * 1024 / MB)
                 log(f"  round {number + 1}: {variant} VmHWM {peaks[variant][-1]:.1f} MB")
         small, big = Summary(tuple(peaks["after:small"])), Summary(tuple(peaks["after:big"]))
-        label = {db: _size_label(self.dump_sizes[db]) for db in ("small", "big")}
+        label = {db: size_label(self.dump_sizes[db]) for db in ("small", "big")}
         self.report.row(Row("2a", f"peak RSS, {label['small']} dump", small, "{:.1f}", " MB",
                             "≤ 100 MB", small.median <= 100))
         self.report.row(Row("2b", f"peak RSS, {label['big']} dump", big, "{:.1f}", " MB",
@@ -500,11 +523,31 @@ class Bench:
     def ping_during_backup(self) -> None:
         log("4a. GET /ping while the large backup runs under `backupmand serve`")
         self.database("big")
+        self.ping_while_backing_up(
+            "4a", f"`GET /ping` p99 during a {size_label(self.dump_sizes['big'])} backup (serve)",
+            "4a. /ping while a backup runs", "zstd, one local drive", None)
+
+    def ping_three_drives(self) -> None:
+        log("4d. GET /ping while the large backup streams to three drives under `serve`")
+        self.database("big")
+        link, gdrive, _ = self.remote()
+        folder = self.work / "serve-three"
+        drives = [self.local_drive("disk", folder / "drive"), self.s3_drive(link.endpoint),
+                  gdrive.drive("gdrive")]
+        self.ping_while_backing_up(
+            "4d", f"`GET /ping` p99 during a {size_label(self.dump_sizes['big'])} backup "
+            "streamed to 3 drives (serve)", "4d. /ping while a backup streams to three drives",
+            f"zstd, streamed to a local folder, S3 and Google Drive over links of "
+            f"{link.describe()} each", drives, folder=folder)
+
+    def ping_while_backing_up(self, key: str, figure: str, title: str, setting: str,
+                              drives: list[dict[str, Any]] | None,
+                              folder: Path | None = None) -> None:
         from servers import free_port
 
         port = free_port()
-        config = self.config(self.work / "serve", db="big", port=port)
-        self.start_serve("after", config, port, "serve.log")
+        config = self.config(folder or self.work / "serve", db="big", port=port, drives=drives)
+        self.start_serve("after", config, port, f"serve-{key}.log")
         p99s: list[float] = []
         details: list[list[str]] = []
         for number in range(self.options.runs):
@@ -530,6 +573,8 @@ class Bench:
                 time.sleep(0.01)
             state = self.backup_status(port, backup_id)
             assert state == "finished", state
+            if drives is not None:
+                self.clear_remote()
             p99 = percentile(latencies, 0.99)
             p99s.append(p99 * 1000)
             details.append([str(number + 1), f"{time.monotonic() - started:.1f} s",
@@ -539,12 +584,11 @@ class Bench:
             log(f"  run {number + 1}: {len(latencies)} pings, p99 {p99 * 1000:.2f} ms")
         self.stop_serve()
         summary = Summary(tuple(p99s))
-        self.report.row(Row("4a", "`GET /ping` p99 during a "
-                            f"{_size_label(self.dump_sizes['big'])} backup (serve)", summary,
-                            "{:.2f}", " ms", "≤ 50 ms", summary.median <= 50))
+        self.report.row(Row(key, figure, summary, "{:.2f}", " ms", "≤ 50 ms",
+                            summary.median <= 50))
         self.report.section(
-            "4a. /ping while a backup runs",
-            "A real `backupmand serve` (zstd, one local drive); the bench starts a backup "
+            title,
+            f"A real `backupmand serve` ({setting}); the bench starts a backup "
             "with `POST /api/backups`, then sends `GET /ping` on a new connection every "
             "10 ms (and asks for the backup's status every 25 pings) until the backup ends. "
             "p99 is the nearest-rank 99th percentile of one backup's pings.",
@@ -688,7 +732,7 @@ class Bench:
             "## Versions", "", *table(["", ""], versions(self.trees)), "",
             "## Figures", "",
             *table(["#", "figure", "min / median / max", "target", "result"],
-                   [row.cells() for row in self.report.rows]),
+                   [row.cells() for row in sorted(self.report.rows, key=_figure_order)]),
             "",
         ]
         if "before" in self.trees:
@@ -707,13 +751,24 @@ class Bench:
         log(f"wrote {options.output}")
 
 
+def _figure_order(row: Row) -> tuple[int, str, str]:
+    """1a < 1a* < 1b < … < 2e < 3 < 4a < … < 9c: by number, letter, then the rest."""
+    found = re.match(r"(\d+)([a-z]*)(.*)", row.key)
+    assert found is not None
+    return int(found.group(1)), found.group(2), found.group(3)
+
+
 METHOD = [
     "- Everything runs on this machine over loopback: a PostgreSQL 15 cluster made by "
-    "the bench with `initdb` (scram-sha-256 on TCP, fsync off), moto's S3 server as its "
-    "own process, and backupmand as real processes (`python -m backupmand`, the same as "
-    "the `backupmand` script). Data: one table of generate_series rows (numbers, "
-    "timestamps, short words, an md5 and a run of letters per row) sized so that the "
-    "plain dump reaches the requested size.",
+    "the bench with `initdb` (scram-sha-256 on TCP, fsync off), a MariaDB 10.11 server "
+    "(figure 9), moto's S3 server as its own process, the tests' Google Drive v3 stand-in "
+    "as its own process (`bench/gdrive_server.py`), throttling proxies "
+    "(`tests/servers/throttle.py`, each its own process) in front of S3 and Drive where a "
+    "figure says so, and backupmand as real processes (`python -m backupmand`, the same "
+    "as the `backupmand` script; `bench/uncounted.py` and `bench/traced.py` call the same "
+    "CLI with counting off or a memory tracer on). Data: one table of generate_series "
+    "rows (numbers, timestamps, short words, an md5 and a run of letters per row) sized "
+    "so that the plain dump reaches the requested size.",
     "- The shell pipelines run `pg_dump` with the arguments backupmand's PostgreSQL "
     "source uses (`--no-password --dbname=dbname='…' --format=plain`, libpq variables "
     "for host, port, user and password) and write to the same file system as backupmand. "
@@ -721,31 +776,20 @@ METHOD = [
     "- backupmand runs with a fresh catalog and folders for every run, retention off, "
     "one upload attempt (so that a failure cannot hide in a retry). `os.sync()` runs "
     "before every timed run so that no run pays for an earlier one's dirty pages. "
-    "backupmand hashes the stream, then copies it to the drive, hashes the copy and "
-    "fsyncs it (not its local dump: a stage it removes). The shell pipelines do none of "
-    "that, except the two marked *the same work* (`*` rows): `tee` into `sha256sum`, "
-    "then `cp`, `sha256sum` of the copy and `sync` of it.",
+    "backupmand hashes the stream into its stage file while every drive reads that file "
+    "back as it grows (`uploads.stream`, on by default; the previous release and "
+    "`stream: false` upload after the dump); each drive's copy is verified (the local "
+    "one hashed and fsynced), and the stage file is removed, never fsynced. The shell "
+    "pipelines do none of that, except the two marked *the same work* (`*` rows): `tee` "
+    "into `sha256sum`, then `cp`, `sha256sum` of the copy and `sync` of it.",
     "- Wall time is measured from just before the process is started to its reaping, "
-    "by the bench (`time.perf_counter`).",
+    "by the bench (`time.perf_counter`). Between runs moto's bucket and the Drive "
+    "stand-in are emptied (both keep objects in RAM).",
     "- The machine is shared and noisy: variants are interleaved and their order "
-    "rotated; ratios are taken within a round, then summarised.",
+    "rotated; ratios are taken within a round, then summarised. The servers that stand "
+    "in for remote services use the same 2 cores as backupmand and PostgreSQL: the CPU "
+    "tables say how much.",
 ]
-
-
-def _phases(timed: Timed, events: Sequence[Event]) -> tuple[float, ...]:
-    """(start-up, dump, upload, finish, total) seconds of one `backupmand run`."""
-    started = first(events, "backup.started").at
-    dumped = first(events, "dump.finished")
-    uploaded = max(e.at for e in events if e.name == "upload.finished")
-    ended = timed.started_at + dt.timedelta(seconds=timed.seconds)
-    return ((started - timed.started_at).total_seconds(),
-            (dumped.at - first(events, "dump.started").at).total_seconds(),
-            (uploaded - dumped.at).total_seconds(), (ended - uploaded).total_seconds(),
-            timed.seconds)
-
-
-def _size_label(size: int) -> str:
-    return f"{size / GIB:.2f} GiB" if size >= GIB / 2 else f"{size / MIB:.0f} MiB"
 
 
 def request(host: str, port: int, method: str, path: str) -> tuple[int, bytes]:
@@ -864,6 +908,13 @@ def versions(trees: dict[str, Path]) -> list[list[str]]:
          f"{'.'.join(map(str, zstandard.ZSTD_VERSION))})"],
         ["moto", _module_version("moto")],
         ["aiohttp", _module_version("aiohttp")],
+        ["aioboto3 (botocore)", f"{_module_version('aioboto3')} "
+                                f"({_module_version('botocore')})"],
+        ["aiogoogle", _module_version("aiogoogle")],
+        ["pyrage (age)", _module_version("pyrage")],
+        ["MariaDB", _first_line(["mariadbd", "--version"])],
+        ["borgmatic (borg)", f"{_first_line(['borgmatic', '--version'])} "
+                             f"({_first_line(['borg', '--version'])})"],
     ]
     return rows
 
@@ -893,6 +944,13 @@ FIGURES: dict[str, Callable[[Bench], None]] = {
     "ping": Bench.ping_during_backup,
     "list": Bench.catalog_list,
     "startup": Bench.startup,
+    "links": streaming.throttled,
+    "parts": streaming.parallel_parts,
+    "where-memory": memory_breakdown.breakdown,
+    "ping-links": Bench.ping_three_drives,
+    "peers": peers.peers,
+    "encryption": costs.encryption,
+    "counting": costs.counting,
 }
 
 
@@ -908,6 +966,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the small plain dump for the memory figure, MiB (default 100)")
     parser.add_argument("--runs", type=int, default=3, help="rounds per figure (default 3)")
     parser.add_argument("--catalog-backups", type=int, default=10_000)
+    parser.add_argument("--link-mbps", type=float, default=60.0,
+                        help="MB/s of each simulated link to S3 and Google Drive (default 60)")
+    parser.add_argument("--part-link-mbps", type=float, default=20.0,
+                        help="MB/s per connection of figure 6c's link (default 20)")
+    parser.add_argument("--part-upload-gib", type=float, default=1.0,
+                        help="the file figure 6c uploads, GiB (default 1)")
+    parser.add_argument("--mariadb-mib", type=float, default=300.0,
+                        help="the MariaDB dump of figure 9, MiB (default 300)")
     parser.add_argument("--before", metavar="REV",
                         help="also measure the package at this git revision (before/after)")
     parser.add_argument("--only", action="append", choices=sorted(FIGURES),
@@ -918,20 +984,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
+    links = {"link_rate": args.link_mbps * MB, "part_link_rate": args.part_link_mbps * MB}
     if args.smoke:
         options = Options(big_bytes=8 * MIB, small_bytes=2 * MIB, runs=1, quick_runs=1,
                           catalog_backups=100, smoke=True, output=args.output,
-                          before=args.before, keep=args.keep)
+                          before=args.before, keep=args.keep, part_upload_bytes=40 * MIB,
+                          mariadb_bytes=4 * MIB, **links)
     else:
         if args.runs < 3:
             parser.error("--runs must be at least 3 (use --smoke for a quick check)")
         options = Options(big_bytes=int(args.size_gib * GIB), small_bytes=int(args.small_mib * MIB),
                           runs=args.runs, quick_runs=max(10, args.runs),
                           catalog_backups=args.catalog_backups, smoke=False,
-                          output=args.output, before=args.before, keep=args.keep)
-    for tool in ("pg_dump", "psql", "zstd", "gzip", "pigz", "git"):
+                          output=args.output, before=args.before, keep=args.keep,
+                          part_upload_bytes=int(args.part_upload_gib * GIB),
+                          mariadb_bytes=int(args.mariadb_mib * MIB), **links)
+    for tool in ("pg_dump", "psql", "createdb", "zstd", "gzip", "pigz", "git", "mariadbd",
+                 "mariadb-dump"):
         if shutil.which(tool) is None:
-            parser.error(f"{tool} is not on PATH (pigz: apt-get install pigz)")
+            parser.error(f"{tool} is not on PATH (pigz: apt-get install pigz; mariadbd: "
+                         "apt-get install mariadb-server)")
+    if missing := peers.borg_missing():
+        log(f"figures 7a and 7b will not be measured: {missing}")
     started = time.monotonic()
     with scratch(keep=options.keep) as work:
         bench = Bench(options, work)
