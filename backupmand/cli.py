@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .permissions import set_private_umask
 
     set_private_umask()  # before anything is written: dumps, catalog and keys are 0600 in 0700
+    from . import malloc
+
+    malloc.tune()  # before any thread: big buffers go back to the system when freed
     args = build_parser().parse_args(argv)
     if args.command == "version":
         from .version import build_info
