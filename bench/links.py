@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from measure import cpu_seconds
-from servers import free_port
+from servers import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,13 +75,7 @@ class _Child:
             return
         if process.stdin is not None:
             process.stdin.close()  # the Drive fake stops at the end of its stdin
-        else:
-            process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15, terminate=process.stdin is None)
 
 
 class Throttle(_Child):

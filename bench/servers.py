@@ -61,6 +61,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float,
+                 *, terminate: bool = True) -> None:
+    """End ``process`` if it still runs: SIGTERM (unless ``terminate`` is False: the
+    caller asked it to stop some other way), ``timeout`` seconds, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    if terminate:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _run(argv: list[str], what: str, timeout: float = 600, **kwargs: Any) -> str:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                             **kwargs)
@@ -265,13 +280,7 @@ class Mariadb:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 60)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -312,13 +321,7 @@ class MotoS3:
         raise RuntimeError("moto server did not start in 60 s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
     def client(self) -> Any:
         import boto3  # type: ignore[import-untyped]
